@@ -1,0 +1,404 @@
+//! Reading a triplet file: detects JSON array vs JSON lines and the key set from the content, and
+//! turns every problem into either a [`DataError`] (file level) or a [`SkippedRow`] (row level).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::{
+    DataError, Dataset, Field, FileFormat, KeySet, QualityWarning, RowProblem, SkippedRow, Triplet,
+    ValidationReport,
+};
+
+/// Largest triplet file the loader reads into memory (1 GiB); larger files are refused.
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// Loads and validates a triplet file (JSON array or JSON lines, either key set).
+pub fn load_triplets(path: &Path) -> Result<Dataset, DataError> {
+    let io_err = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io_err)?;
+    if meta.is_dir() {
+        return Err(DataError::IsDirectory {
+            path: path.to_path_buf(),
+        });
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(DataError::TooLarge {
+            path: path.to_path_buf(),
+            size_bytes: meta.len(),
+            limit_bytes: MAX_FILE_BYTES,
+        });
+    }
+    let bytes = std::fs::read(path).map_err(io_err)?;
+    parse_triplets(path, &bytes)
+}
+
+/// Validates triplets from bytes already in memory; `path` is used in messages.
+pub fn parse_triplets(path: &Path, bytes: &[u8]) -> Result<Dataset, DataError> {
+    let path_buf = path.to_path_buf();
+    if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
+        return Err(DataError::NotUtf8 {
+            path: path_buf,
+            detail: "it starts with a UTF-16 byte-order mark; save it as UTF-8".into(),
+        });
+    }
+    let bytes = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(bytes);
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let offset = e.valid_up_to();
+        let line = bytes[..offset].iter().filter(|&&b| b == b'\n').count() + 1;
+        DataError::NotUtf8 {
+            path: path_buf.clone(),
+            detail: format!("invalid byte sequence at byte {offset} (line {line})"),
+        }
+    })?;
+    let trimmed = text.trim_start();
+    let Some(first) = trimmed.chars().next() else {
+        return Err(DataError::Empty { path: path_buf });
+    };
+    let (format, rows) = match first {
+        '[' => (FileFormat::JsonArray, array_rows(&path_buf, text)?),
+        '{' => (FileFormat::JsonLines, json_lines_rows(&path_buf, text)?),
+        _ => {
+            // Not an array or object: report what the JSON parser says, or the shape found.
+            return Err(match serde_json::from_str::<Value>(text) {
+                Err(e) => json_error(&path_buf, &e),
+                Ok(v) => DataError::WrongShape {
+                    path: path_buf,
+                    found: describe(&v),
+                },
+            });
+        }
+    };
+    validate_rows(path_buf, format, rows)
+}
+
+/// One row before validation: its parsed value (or parse problem) and line.
+struct RawRow {
+    line: Option<usize>,
+    value: Result<Value, RowProblem>,
+}
+
+fn array_rows(path: &Path, text: &str) -> Result<Vec<RawRow>, DataError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| json_error(path, &e))?;
+    match value {
+        Value::Array(items) => Ok(items
+            .into_iter()
+            .map(|v| RawRow {
+                line: None,
+                value: Ok(v),
+            })
+            .collect()),
+        other => Err(DataError::WrongShape {
+            path: path.to_path_buf(),
+            found: describe(&other),
+        }),
+    }
+}
+
+fn json_lines_rows(path: &Path, text: &str) -> Result<Vec<RawRow>, DataError> {
+    let non_empty_lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+    if non_empty_lines > 1 {
+        // A pretty-printed single object also starts with `{`: tell it apart from JSON lines.
+        if let Ok(Value::Object(_)) = serde_json::from_str::<Value>(text) {
+            return Err(DataError::WrongShape {
+                path: path.to_path_buf(),
+                found: "one JSON object spread over several lines (not an array, not JSON lines)"
+                    .into(),
+            });
+        }
+    }
+    let rows = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| RawRow {
+            line: Some(i + 1),
+            value: serde_json::from_str::<Value>(l).map_err(|e| RowProblem::InvalidJson {
+                column: e.column(),
+                message: strip_position(&e),
+            }),
+        })
+        .collect();
+    Ok(rows)
+}
+
+fn validate_rows(
+    path: PathBuf,
+    format: FileFormat,
+    rows: Vec<RawRow>,
+) -> Result<Dataset, DataError> {
+    let mut report = ValidationReport {
+        total_rows: rows.len(),
+        ..Default::default()
+    };
+    let mut key_set: Option<KeySet> = None;
+    let mut triplets = Vec::with_capacity(rows.len());
+    let mut source_rows = Vec::with_capacity(rows.len());
+    for (index, row) in rows.into_iter().enumerate() {
+        match row.value.and_then(|v| check_row(&v, &mut key_set)) {
+            Ok(t) => {
+                triplets.push(t);
+                source_rows.push(index);
+            }
+            Err(problem) => report.skipped.push(SkippedRow {
+                index,
+                line: row.line,
+                problem,
+            }),
+        }
+    }
+    if triplets.is_empty() {
+        return Err(DataError::NoValidRows {
+            path,
+            rows: report.total_rows,
+            first_problem: report.skipped.first().map(|s| s.to_string()),
+        });
+    }
+    let mut seen: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    for (t, &index) in triplets.iter().zip(&source_rows) {
+        if t.pos == t.negative {
+            report
+                .warnings
+                .push(QualityWarning::PosEqualsNegative { index });
+        }
+        let key = (t.query.as_str(), t.pos.as_str(), t.negative.as_str());
+        if let Some(&first_index) = seen.get(&key) {
+            report
+                .warnings
+                .push(QualityWarning::DuplicateTriplet { index, first_index });
+        } else {
+            seen.insert(key, index);
+        }
+    }
+    Ok(Dataset {
+        path,
+        format,
+        key_set: key_set.unwrap_or(KeySet::QueryPosNegative),
+        triplets,
+        source_rows,
+        report,
+    })
+}
+
+/// Checks one row; the first row that names a key set fixes it for the file.
+fn check_row(value: &Value, key_set: &mut Option<KeySet>) -> Result<Triplet, RowProblem> {
+    let Value::Object(map) = value else {
+        return Err(RowProblem::NotAnObject {
+            found: describe(value),
+        });
+    };
+    let row_set = if map.contains_key("query") || map.contains_key("pos") {
+        Some(KeySet::QueryPosNegative)
+    } else if map.contains_key("anchor") || map.contains_key("positive") {
+        Some(KeySet::AnchorPositiveNegative)
+    } else {
+        None
+    };
+    let set = match (*key_set, row_set) {
+        (Some(file), Some(row)) if file != row => {
+            return Err(RowProblem::OtherKeySet {
+                expected: file.to_string(),
+            });
+        }
+        (Some(file), _) => file,
+        (None, Some(row)) => {
+            *key_set = Some(row);
+            row
+        }
+        (None, None) => KeySet::QueryPosNegative,
+    };
+    let mut texts = Field::ALL.iter().map(|&field| {
+        let key = field.key(set);
+        match map.get(key) {
+            None => Err(RowProblem::MissingKey { key: key.into() }),
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                Err(RowProblem::EmptyText { key: key.into() })
+            }
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(RowProblem::NotAString {
+                key: key.into(),
+                found: describe(other),
+            }),
+        }
+    });
+    let mut next = || texts.next().expect("three fields");
+    Ok(Triplet {
+        query: next()?,
+        pos: next()?,
+        negative: next()?,
+    })
+}
+
+fn json_error(path: &Path, e: &serde_json::Error) -> DataError {
+    DataError::Json {
+        path: path.to_path_buf(),
+        line: e.line(),
+        column: e.column(),
+        message: strip_position(e),
+    }
+}
+
+/// serde_json appends " at line L column C"; we report the position in our own fields.
+fn strip_position(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    }
+}
+
+/// A short name of a JSON value's type for messages.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(_) => "a boolean".into(),
+        Value::Number(_) => "a number".into(),
+        Value::String(_) => "a string".into(),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Dataset, DataError> {
+        parse_triplets(Path::new("t.json"), s.as_bytes())
+    }
+
+    #[test]
+    fn array_with_either_key_set() {
+        let d = parse(r#"[{"query":"q","pos":"p","negative":"n"}]"#).unwrap();
+        assert_eq!(d.format, FileFormat::JsonArray);
+        assert_eq!(d.key_set, KeySet::QueryPosNegative);
+        let d = parse(r#"[{"anchor":"q","positive":"p","negative":"n"}]"#).unwrap();
+        assert_eq!(d.key_set, KeySet::AnchorPositiveNegative);
+        assert_eq!(
+            d.triplets[0],
+            Triplet {
+                query: "q".into(),
+                pos: "p".into(),
+                negative: "n".into()
+            }
+        );
+    }
+
+    #[test]
+    fn json_lines_detected_from_content_and_bad_line_skipped() {
+        let d = parse("{\"query\":\"q\",\"pos\":\"p\",\"negative\":\"n\"}\n\n{oops\n{\"query\":\"q2\",\"pos\":\"p\",\"negative\":\"n\"}\n").unwrap();
+        assert_eq!(d.format, FileFormat::JsonLines);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d.report.skipped.len(), 1);
+        assert_eq!(d.report.skipped[0].index, 1);
+        assert_eq!(d.report.skipped[0].line, Some(3));
+        assert!(matches!(
+            d.report.skipped[0].problem,
+            RowProblem::InvalidJson { .. }
+        ));
+    }
+
+    #[test]
+    fn row_problems_name_row_and_field() {
+        let d = parse(
+            r#"[{"query":"q","pos":"p","negative":"n"},
+                {"query":"q","negative":"n"},
+                {"query":1,"pos":"p","negative":"n"},
+                {"query":"q","pos":"  ","negative":"n"},
+                "text",
+                {"anchor":"q","positive":"p","negative":"n"}]"#,
+        )
+        .unwrap();
+        let problems: Vec<_> = d
+            .report
+            .skipped
+            .iter()
+            .map(|s| (s.index, s.problem.clone()))
+            .collect();
+        assert_eq!(
+            problems,
+            vec![
+                (1, RowProblem::MissingKey { key: "pos".into() }),
+                (
+                    2,
+                    RowProblem::NotAString {
+                        key: "query".into(),
+                        found: "a number".into()
+                    }
+                ),
+                (3, RowProblem::EmptyText { key: "pos".into() }),
+                (
+                    4,
+                    RowProblem::NotAnObject {
+                        found: "a string".into()
+                    }
+                ),
+                (
+                    5,
+                    RowProblem::OtherKeySet {
+                        expected: KeySet::QueryPosNegative.to_string()
+                    }
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn file_level_errors() {
+        assert!(matches!(parse("  \n"), Err(DataError::Empty { .. })));
+        assert!(matches!(
+            parse("[]"),
+            Err(DataError::NoValidRows { rows: 0, .. })
+        ));
+        assert!(matches!(parse("\"x\""), Err(DataError::WrongShape { .. })));
+        match parse("[{\"query\": \"q\",\n  \"pos\": }]") {
+            Err(DataError::Json { line, column, .. }) => assert_eq!((line, column), (2, 10)),
+            other => panic!("{other:?}"),
+        }
+        match parse("query,pos,negative\na,b,c\n") {
+            Err(DataError::Json {
+                line: 1, column: 1, ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse("{\n \"query\": \"q\", \"pos\": \"p\", \"negative\": \"n\"\n}"),
+            Err(DataError::WrongShape { .. })
+        ));
+        let err = parse_triplets(Path::new("x"), &[0xFF, 0xFE, b'[', 0]).unwrap_err();
+        assert!(err.to_string().contains("UTF-16"));
+        let err = parse_triplets(Path::new("x"), b"[\"a\xC3\x28\"]").unwrap_err();
+        assert!(matches!(err, DataError::NotUtf8 { .. }), "{err}");
+    }
+
+    #[test]
+    fn bom_is_accepted() {
+        let mut bytes = vec![0xEF, 0xBB, 0xBF];
+        bytes.extend_from_slice(br#"[{"query":"q","pos":"p","negative":"n"}]"#);
+        assert_eq!(parse_triplets(Path::new("x"), &bytes).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn quality_warnings() {
+        let d = parse(
+            r#"[{"query":"q","pos":"p","negative":"p"},
+                {"query":"q","pos":"a","negative":"b"},
+                {"query":"q","pos":"a","negative":"b"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            d.report.warnings,
+            vec![
+                QualityWarning::PosEqualsNegative { index: 0 },
+                QualityWarning::DuplicateTriplet {
+                    index: 2,
+                    first_index: 1
+                },
+            ]
+        );
+    }
+}

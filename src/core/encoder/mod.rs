@@ -1,0 +1,406 @@
+//! Text in, vectors out: tokenizer + our BERT + pooling + prompts + length-sorted batching,
+//! with progress and cancel at every batch. [`embed_triplets`] adds deduplication and the cache.
+
+mod prompts;
+mod triplets;
+
+pub use prompts::{PromptChoice, PromptSource, Prompts};
+pub use triplets::{embed_triplets, TripletEmbeddings};
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use tokenizers::Tokenizer;
+
+use crate::core::embeddings::{normalize, Embeddings};
+use crate::core::jobs::{Cancelled, JobCtx, StageClock};
+use crate::core::model::{
+    resolve_source, BertModel, Checkpoint, DownloadProgress, Mode, ModelError, ModelFolder,
+    ModelSource, Pooling,
+};
+
+/// Which side of retrieval a text is on; selects the prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A search query.
+    Query,
+    /// A document of the corpus.
+    Document,
+}
+
+/// What the user may override; `None` means "the folder's own value".
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncoderOptions {
+    /// Tokens per text, special tokens included.
+    pub max_seq_len: Option<usize>,
+    /// Texts per forward pass.
+    pub batch_size: usize,
+    /// Which prompts to prepend.
+    pub prompts: PromptChoice,
+    /// Keep only the first N dimensions (Matryoshka), then re-normalise.
+    pub truncate_dim: Option<usize>,
+}
+
+impl Default for EncoderOptions {
+    fn default() -> Self {
+        Self {
+            max_seq_len: None,
+            batch_size: 32,
+            prompts: PromptChoice::Auto,
+            truncate_dim: None,
+        }
+    }
+}
+
+/// Why encoding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The model could not be found or loaded.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// An option does not fit the model.
+    #[error("{0}")]
+    InvalidOption(String),
+    /// The tokenizer failed on a text.
+    #[error("tokenizing failed: {0}")]
+    Tokenize(String),
+    /// A tensor operation failed.
+    #[error("model computation failed: {0}")]
+    Compute(#[from] candle_core::Error),
+    /// The job was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl From<Cancelled> for EncodeError {
+    fn from(_: Cancelled) -> Self {
+        EncodeError::Cancelled
+    }
+}
+
+/// Token count of one text as the model saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TokenCount {
+    /// Tokens of the full text with special tokens (and prompt), before truncation.
+    pub tokens: usize,
+    /// True when the text was cut at the max length.
+    pub truncated: bool,
+}
+
+/// Token ids of one text, truncated.
+struct Tokenized {
+    ids: Vec<u32>,
+    type_ids: Vec<u32>,
+    count: TokenCount,
+}
+
+/// A loaded sentence encoder.
+pub struct Encoder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    pad_id: u32,
+    /// The folder it was loaded from.
+    pub folder: ModelFolder,
+    /// What the user asked for (hub id or path).
+    pub source_label: String,
+    /// blake3 of the weights file.
+    pub weights_hash: String,
+    /// Pooling in use.
+    pub pooling: Pooling,
+    /// Whether outputs are L2-normalised.
+    pub normalize: bool,
+    /// Tokens per text, special tokens included.
+    pub max_seq_len: usize,
+    /// Texts per forward pass.
+    pub batch_size: usize,
+    /// Prompts in use.
+    pub prompts: Prompts,
+    /// Dimensions kept, if truncated.
+    pub truncate_dim: Option<usize>,
+    forward_batches: AtomicUsize,
+}
+
+impl Encoder {
+    /// Resolves a source (folder or hub id) and loads it.
+    pub fn load(
+        source: &ModelSource,
+        opts: &EncoderOptions,
+        on_download: &mut dyn FnMut(DownloadProgress),
+    ) -> Result<Self, EncodeError> {
+        let folder = resolve_source(source, on_download)?;
+        let checkpoint = Checkpoint::read(&folder)?;
+        Self::from_checkpoint(folder, &checkpoint, source.label(), opts)
+    }
+
+    /// Builds an encoder from a folder whose checkpoint is already read.
+    pub fn from_checkpoint(
+        folder: ModelFolder,
+        checkpoint: &Checkpoint,
+        source_label: String,
+        opts: &EncoderOptions,
+    ) -> Result<Self, EncodeError> {
+        let model = checkpoint.build(&folder)?;
+        Self::from_model(
+            folder,
+            model,
+            checkpoint.weights_hash.clone(),
+            source_label,
+            opts,
+        )
+    }
+
+    /// Wraps an already built model (e.g. one being trained) with the folder's tokenizer.
+    pub fn from_model(
+        folder: ModelFolder,
+        model: BertModel,
+        weights_hash: String,
+        source_label: String,
+        opts: &EncoderOptions,
+    ) -> Result<Self, EncodeError> {
+        let cfg = &folder.config;
+        let max_positions = cfg.max_position_embeddings;
+        let max_seq_len = opts
+            .max_seq_len
+            .or(folder.sentence.max_seq_length)
+            .unwrap_or(max_positions.min(512))
+            .min(max_positions);
+        if max_seq_len < 3 {
+            return Err(EncodeError::InvalidOption(format!(
+                "max sequence length {max_seq_len} is too short (at least 3 tokens)"
+            )));
+        }
+        if opts.batch_size == 0 {
+            return Err(EncodeError::InvalidOption(
+                "batch size must be at least 1".into(),
+            ));
+        }
+        if let Some(d) = opts.truncate_dim {
+            if d == 0 || d > cfg.hidden_size {
+                return Err(EncodeError::InvalidOption(format!(
+                    "truncate_dim {d} must be between 1 and the model's dimension {}",
+                    cfg.hidden_size
+                )));
+            }
+        }
+        let tok_err = |message: String| ModelError::Tokenizer {
+            path: folder.tokenizer_path.clone(),
+            message,
+        };
+        let mut tokenizer =
+            Tokenizer::from_file(&folder.tokenizer_path).map_err(|e| tok_err(e.to_string()))?;
+        // tokenizer.json may carry its own fixed padding and truncation (all-MiniLM-L6-v2 has
+        // 128): sentence-transformers ignores them, so do we.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: max_seq_len,
+                ..Default::default()
+            }))
+            .map_err(|e| tok_err(e.to_string()))?;
+        let pad_id = tokenizer
+            .token_to_id("[PAD]")
+            .unwrap_or(cfg.pad_token_id as u32);
+        let prompts = Prompts::choose(&opts.prompts, &folder);
+        Ok(Self {
+            model,
+            tokenizer,
+            pad_id,
+            pooling: folder.sentence.pooling,
+            normalize: folder.sentence.normalize,
+            folder,
+            source_label,
+            weights_hash,
+            max_seq_len,
+            batch_size: opts.batch_size,
+            prompts,
+            truncate_dim: opts.truncate_dim,
+            forward_batches: AtomicUsize::new(0),
+        })
+    }
+
+    /// Length of the output vectors.
+    pub fn dim(&self) -> usize {
+        self.truncate_dim.unwrap_or(self.model.config.hidden_size)
+    }
+
+    /// The model (for training and saving).
+    pub fn model(&self) -> &BertModel {
+        &self.model
+    }
+
+    /// Number of forward passes run so far (tests use it to prove cache hits).
+    pub fn forward_batches(&self) -> usize {
+        self.forward_batches.load(Ordering::Relaxed)
+    }
+
+    /// The prompt prepended to texts of a role.
+    pub fn prompt(&self, role: Role) -> &str {
+        match role {
+            Role::Query => &self.prompts.query,
+            Role::Document => &self.prompts.document,
+        }
+    }
+
+    /// A hash of every setting that changes a vector besides the text itself.
+    pub fn settings_key(&self, role: Role) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(b"tripletlab-embedding-v1\0");
+        h.update(self.weights_hash.as_bytes());
+        h.update(&[0]);
+        h.update(self.pooling.name().as_bytes());
+        h.update(&[self.normalize as u8, 0]);
+        h.update(self.prompt(role).as_bytes());
+        h.update(&[0]);
+        h.update(&(self.max_seq_len as u64).to_le_bytes());
+        h.update(&(self.truncate_dim.unwrap_or(0) as u64).to_le_bytes());
+        *h.finalize().as_bytes()
+    }
+
+    fn tokenize(
+        &self,
+        texts: &[&str],
+        role: Role,
+        ctx: &JobCtx,
+    ) -> Result<Vec<Tokenized>, EncodeError> {
+        const CHUNK: usize = 512;
+        let prompt = self.prompt(role);
+        let clock = StageClock::start("tokenizing", "texts", texts.len());
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(CHUNK) {
+            ctx.check_cancel()?;
+            let inputs: Vec<String> = chunk.iter().map(|t| format!("{prompt}{t}")).collect();
+            let encodings = self
+                .tokenizer
+                .encode_batch(inputs, true)
+                .map_err(|e| EncodeError::Tokenize(e.to_string()))?;
+            for enc in encodings {
+                let content = |e: &tokenizers::Encoding| {
+                    e.get_special_tokens_mask()
+                        .iter()
+                        .filter(|&&m| m == 0)
+                        .count()
+                };
+                let overflow: usize = enc.get_overflowing().iter().map(content).sum();
+                let count = TokenCount {
+                    tokens: enc.len() + overflow,
+                    truncated: overflow > 0,
+                };
+                out.push(Tokenized {
+                    ids: enc.get_ids().to_vec(),
+                    type_ids: enc.get_type_ids().to_vec(),
+                    count,
+                });
+            }
+            ctx.progress(clock.at(out.len()));
+        }
+        Ok(out)
+    }
+
+    /// Token counts of texts (with the role's prompt), without running the model.
+    pub fn token_counts(
+        &self,
+        texts: &[&str],
+        role: Role,
+        ctx: &JobCtx,
+    ) -> Result<Vec<TokenCount>, EncodeError> {
+        Ok(self
+            .tokenize(texts, role, ctx)?
+            .into_iter()
+            .map(|t| t.count)
+            .collect())
+    }
+
+    /// Embeds texts: rows in input order.
+    pub fn encode(
+        &self,
+        texts: &[&str],
+        role: Role,
+        ctx: &JobCtx,
+    ) -> Result<(Embeddings, Vec<TokenCount>), EncodeError> {
+        let tokenized = self.tokenize(texts, role, ctx)?;
+        let dim = self.dim();
+        let mut data = vec![0f32; texts.len() * dim];
+        // Longest first: similar lengths share a batch, so little padding is computed.
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(tokenized[i].ids.len()));
+        let clock = StageClock::start("embedding", "texts", texts.len());
+        let mut done = 0;
+        for batch in order.chunks(self.batch_size) {
+            ctx.check_cancel()?;
+            let rows: Vec<&Tokenized> = batch.iter().map(|&i| &tokenized[i]).collect();
+            let pooled = self.forward_pooled(&rows)?;
+            for (&i, v) in batch.iter().zip(pooled.chunks(dim)) {
+                data[i * dim..(i + 1) * dim].copy_from_slice(v);
+            }
+            done += batch.len();
+            ctx.progress(clock.at(done));
+        }
+        let counts = tokenized.into_iter().map(|t| t.count).collect();
+        Ok((Embeddings::from_vec(dim, data), counts))
+    }
+
+    /// One padded batch through the model and pooling; returns `rows * dim` floats.
+    fn forward_pooled(&self, rows: &[&Tokenized]) -> Result<Vec<f32>, EncodeError> {
+        let (ids, type_ids, mask) = self.pad(rows)?;
+        let states = self
+            .model
+            .forward(&ids, &type_ids, &mask, &mut Mode::Eval)?;
+        self.forward_batches.fetch_add(1, Ordering::Relaxed);
+        let pooled = pool(&states, &mask, self.pooling)?;
+        let pooled = match self.truncate_dim {
+            Some(d) => pooled.narrow(1, 0, d)?,
+            None => pooled,
+        };
+        let mut out = pooled.flatten_all()?.to_vec1::<f32>()?;
+        // Matryoshka truncation re-normalises even when the folder has no Normalize module.
+        if self.normalize || self.truncate_dim.is_some() {
+            out.chunks_mut(self.dim()).for_each(normalize);
+        }
+        Ok(out)
+    }
+
+    /// Right-pads a batch to its longest row: ids, type ids, attention mask, each (b, s) u32.
+    fn pad(&self, rows: &[&Tokenized]) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let seq_len = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+        let b_sz = rows.len();
+        let mut ids = vec![self.pad_id; b_sz * seq_len];
+        let mut type_ids = vec![0u32; b_sz * seq_len];
+        let mut mask = vec![0u32; b_sz * seq_len];
+        for (r, row) in rows.iter().enumerate() {
+            let base = r * seq_len;
+            ids[base..base + row.ids.len()].copy_from_slice(&row.ids);
+            type_ids[base..base + row.type_ids.len()].copy_from_slice(&row.type_ids);
+            mask[base..base + row.ids.len()].fill(1);
+        }
+        let dev = Device::Cpu;
+        Ok((
+            Tensor::from_vec(ids, (b_sz, seq_len), &dev)?,
+            Tensor::from_vec(type_ids, (b_sz, seq_len), &dev)?,
+            Tensor::from_vec(mask, (b_sz, seq_len), &dev)?,
+        ))
+    }
+}
+
+/// Pools token states (b, s, h) under an attention mask (b, s) into (b, h); padding never counts.
+pub fn pool(states: &Tensor, mask: &Tensor, pooling: Pooling) -> candle_core::Result<Tensor> {
+    let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (b, s, 1)
+    match pooling {
+        Pooling::Cls => states.i((.., 0))?.contiguous(),
+        Pooling::Mean | Pooling::MeanSqrtLen => {
+            let sum = states.broadcast_mul(&mask)?.sum(1)?; // (b, h)
+            let count = mask.sum(1)?.clamp(1e-9, f64::MAX)?; // (b, 1)
+            let count = if pooling == Pooling::MeanSqrtLen {
+                count.sqrt()?
+            } else {
+                count
+            };
+            sum.broadcast_div(&count)
+        }
+        Pooling::Max => {
+            // Padding gets -1e9 so it never wins, as sentence-transformers does.
+            let penalty = ((mask.clone() - 1.0)? * 1e9)?;
+            states.broadcast_add(&penalty)?.max(1)
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Retrieval metrics over normalised embeddings, with sentence-transformers' definitions
+//! (TripletEvaluator, InformationRetrievalEvaluator) and the notebook's negatives-in-top-K.
+//! Similarities are computed in blocks of queries by a matrix product; each query's ranks of its
+//! relevant documents and negatives are counted in one scan of its row, so memory grows with
+//! (block × documents), never documents².
+
+mod index;
+
+pub use index::RetrievalIndex;
+
+use std::collections::BTreeMap;
+
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use crate::core::embeddings::Embeddings;
+
+/// The cut-offs of the query-level metrics.
+pub const IR_KS: [usize; 4] = [1, 3, 5, 10];
+/// The cut-offs of negatives-in-top-K.
+pub const NEG_KS: [usize; 3] = [1, 5, 10];
+/// Queries per block of the similarity product.
+const QUERY_BLOCK: usize = 256;
+/// Scores closer than this are compared again in f64, so f32 rounding never decides a rank.
+const TIE_EPS: f32 = 1e-5;
+
+/// Every metric key in display order.
+pub fn metric_keys() -> Vec<String> {
+    let mut keys = vec!["cosine_accuracy".to_string()];
+    keys.extend(NEG_KS.iter().map(|k| format!("neg_in_top_{k}")));
+    for k in IR_KS {
+        keys.push(format!("cosine_accuracy@{k}"));
+    }
+    for k in IR_KS {
+        keys.push(format!("cosine_precision@{k}"));
+    }
+    for k in IR_KS {
+        keys.push(format!("cosine_recall@{k}"));
+    }
+    keys.extend(["cosine_mrr@10", "cosine_ndcg@10", "cosine_map@100"].map(String::from));
+    keys
+}
+
+/// True for metrics where a lower value is better (negatives in top K).
+pub fn lower_is_better(key: &str) -> bool {
+    key.starts_with("neg_in_top_")
+}
+
+/// The scores of one triplet.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TripletScore {
+    /// cos(query, positive).
+    pub cos_pos: f64,
+    /// cos(query, negative).
+    pub cos_neg: f64,
+    /// cos_pos − cos_neg.
+    pub margin: f64,
+    /// 1-based rank of the positive among all documents for this query.
+    pub rank_pos: usize,
+    /// 1-based rank of the negative.
+    pub rank_neg: usize,
+}
+
+impl TripletScore {
+    /// Ranked right: the positive scores strictly above the negative.
+    pub fn is_correct(&self) -> bool {
+        self.cos_pos > self.cos_neg
+    }
+}
+
+/// All metrics of one evaluation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EvalResult {
+    /// Metric key -> value.
+    pub metrics: BTreeMap<String, f64>,
+    /// One row per triplet, in triplet order.
+    pub per_triplet: Vec<TripletScore>,
+    /// Triplets.
+    pub n_triplets: usize,
+    /// Distinct queries.
+    pub n_queries: usize,
+    /// Distinct documents.
+    pub n_corpus: usize,
+}
+
+fn dot64(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
+
+/// Scores of a block of rows of `a` against every row of `b`: (rows, b.rows()) row-major.
+pub fn similarity_block(a: &Embeddings, rows: std::ops::Range<usize>, b: &Embeddings) -> Vec<f32> {
+    let dim = a.dim;
+    let n = rows.len();
+    if n == 0 || b.rows() == 0 {
+        return Vec::new();
+    }
+    let dev = Device::Cpu;
+    let product = || -> candle_core::Result<Vec<f32>> {
+        let lhs = Tensor::from_slice(&a.data[rows.start * dim..rows.end * dim], (n, dim), &dev)?;
+        let rhs = Tensor::from_slice(&b.data, (b.rows(), dim), &dev)?;
+        lhs.matmul(&rhs.t()?)?.flatten_all()?.to_vec1::<f32>()
+    };
+    // A CPU matmul of valid shapes cannot fail; fall back to plain loops rather than panic.
+    product().unwrap_or_else(|_| {
+        (rows.start..rows.end)
+            .flat_map(|i| (0..b.rows()).map(move |j| (i, j)))
+            .map(|(i, j)| dot64(a.row(i), b.row(j)) as f32)
+            .collect()
+    })
+}
+
+/// 1-based rank of document `d` in a row of scores: documents scoring higher, or equal with a
+/// lower index, come first. Near-ties are settled with `exact` (f64 dot products).
+fn rank_in_row(row: &[f32], d: usize, exact: &dyn Fn(usize) -> f64) -> usize {
+    let s = row[d];
+    let mut exact_d = None;
+    let mut before = 0;
+    for (j, &sj) in row.iter().enumerate() {
+        if j == d {
+            continue;
+        }
+        let ahead = if (sj - s).abs() > TIE_EPS {
+            sj > s
+        } else {
+            let ed = *exact_d.get_or_insert_with(|| exact(d));
+            let ej = exact(j);
+            ej > ed || (ej == ed && j < d)
+        };
+        before += ahead as usize;
+    }
+    before + 1
+}
+
+/// Computes every metric of a retrieval index.
+pub fn evaluate(index: &RetrievalIndex) -> EvalResult {
+    let n_q = index.queries.rows();
+    // Ranks per query of the documents we need: its relevant ones and its triplets' negatives.
+    let mut targets: Vec<Vec<usize>> = index.relevant.clone();
+    for (t, &q) in index.query_of_triplet.iter().enumerate() {
+        targets[q].push(index.neg_doc[t]);
+    }
+    for t in &mut targets {
+        t.sort_unstable();
+        t.dedup();
+    }
+    let mut ranks: Vec<Vec<(usize, usize)>> = Vec::with_capacity(n_q);
+    for start in (0..n_q).step_by(QUERY_BLOCK) {
+        let end = (start + QUERY_BLOCK).min(n_q);
+        let scores = similarity_block(&index.queries, start..end, &index.docs);
+        let n_docs = index.docs.rows();
+        let block: Vec<Vec<(usize, usize)>> = (start..end)
+            .into_par_iter()
+            .map(|q| {
+                let row = &scores[(q - start) * n_docs..(q - start + 1) * n_docs];
+                let exact = |j: usize| index.exact_score(q, j);
+                targets[q]
+                    .iter()
+                    .map(|&d| (d, rank_in_row(row, d, &exact)))
+                    .collect()
+            })
+            .collect();
+        ranks.extend(block);
+    }
+    let rank_of = |q: usize, d: usize| -> usize {
+        let r = &ranks[q];
+        r[r.binary_search_by_key(&d, |&(doc, _)| doc)
+            .expect("target ranked")]
+        .1
+    };
+
+    let per_triplet: Vec<TripletScore> = (0..index.query_of_triplet.len())
+        .map(|t| {
+            let q = index.query_of_triplet[t];
+            let cos_pos = index.exact_score(q, index.pos_doc[t]);
+            let cos_neg = index.exact_score(q, index.neg_doc[t]);
+            TripletScore {
+                cos_pos,
+                cos_neg,
+                margin: cos_pos - cos_neg,
+                rank_pos: rank_of(q, index.pos_doc[t]),
+                rank_neg: rank_of(q, index.neg_doc[t]),
+            }
+        })
+        .collect();
+
+    let mut m = BTreeMap::new();
+    let n_t = per_triplet.len().max(1) as f64;
+    let share = |f: &dyn Fn(&TripletScore) -> bool| {
+        per_triplet.iter().filter(|s| f(s)).count() as f64 / n_t
+    };
+    m.insert("cosine_accuracy".to_string(), share(&|s| s.is_correct()));
+    for k in NEG_KS {
+        m.insert(format!("neg_in_top_{k}"), share(&|s| s.rank_neg <= k));
+    }
+
+    let mut acc = [0.0; 4];
+    let mut prec = [0.0; 4];
+    let mut rec = [0.0; 4];
+    let (mut mrr, mut ndcg, mut map) = (0.0, 0.0, 0.0);
+    for q in 0..n_q {
+        let mut r: Vec<usize> = index.relevant[q].iter().map(|&d| rank_of(q, d)).collect();
+        r.sort_unstable();
+        let n_rel = r.len() as f64;
+        for (i, k) in IR_KS.iter().enumerate() {
+            let hits = r.iter().filter(|&&x| x <= *k).count() as f64;
+            acc[i] += (hits > 0.0) as u8 as f64;
+            prec[i] += hits / *k as f64;
+            rec[i] += hits / n_rel;
+        }
+        if r[0] <= 10 {
+            mrr += 1.0 / r[0] as f64;
+        }
+        let dcg: f64 = r
+            .iter()
+            .filter(|&&x| x <= 10)
+            .map(|&x| 1.0 / ((x + 1) as f64).log2())
+            .sum();
+        let idcg: f64 = (0..r.len().min(10))
+            .map(|i| 1.0 / ((i + 2) as f64).log2())
+            .sum();
+        ndcg += dcg / idcg;
+        let mut ap = 0.0;
+        for (hits, &x) in r.iter().filter(|&&x| x <= 100).enumerate() {
+            ap += (hits + 1) as f64 / x as f64;
+        }
+        map += ap / r.len().min(100) as f64;
+    }
+    let nq = n_q.max(1) as f64;
+    for (i, k) in IR_KS.iter().enumerate() {
+        m.insert(format!("cosine_accuracy@{k}"), acc[i] / nq);
+        m.insert(format!("cosine_precision@{k}"), prec[i] / nq);
+        m.insert(format!("cosine_recall@{k}"), rec[i] / nq);
+    }
+    m.insert("cosine_mrr@10".into(), mrr / nq);
+    m.insert("cosine_ndcg@10".into(), ndcg / nq);
+    m.insert("cosine_map@100".into(), map / nq);
+
+    EvalResult {
+        metrics: m,
+        n_triplets: per_triplet.len(),
+        per_triplet,
+        n_queries: n_q,
+        n_corpus: index.docs.rows(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ties_go_to_the_lower_index() {
+        let row = [0.5f32, 0.9, 0.5, 0.1];
+        let exact = |j: usize| row[j] as f64;
+        assert_eq!(rank_in_row(&row, 1, &exact), 1);
+        assert_eq!(rank_in_row(&row, 0, &exact), 2);
+        assert_eq!(rank_in_row(&row, 2, &exact), 3);
+        assert_eq!(rank_in_row(&row, 3, &exact), 4);
+    }
+
+    #[test]
+    fn near_ties_use_exact_scores() {
+        // In f32 both look equal; the exact scores say document 0 is lower.
+        let row = [0.7f32, 0.7];
+        let exact = |j: usize| if j == 0 { 0.6999999 } else { 0.7 };
+        assert_eq!(rank_in_row(&row, 0, &exact), 2);
+        assert_eq!(rank_in_row(&row, 1, &exact), 1);
+    }
+}

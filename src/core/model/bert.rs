@@ -1,0 +1,264 @@
+//! Our BERT encoder in candle, with a train-aware forward: dropout and a differentiable layer norm
+//! when `train` is true, fused kernels when it is false. Tensor names follow the Hugging Face
+//! checkpoint (`embeddings.word_embeddings.weight`, `encoder.layer.N.attention.self.query.weight`,
+//! ...) so the same tensor map can be written back.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+use super::config::{BertConfig, HiddenAct};
+
+/// Source of dropout masks; training passes a seeded one, inference none.
+pub trait DropoutRng {
+    /// A keep-mask scaled by 1/(1-p), of `n` elements.
+    fn mask(&mut self, n: usize, p: f32) -> Vec<f32>;
+}
+
+/// How a forward pass runs: eval (no dropout, fused kernels) or train (dropout, autograd-safe ops).
+pub enum Mode<'a> {
+    /// Inference.
+    Eval,
+    /// Training with dropout drawn from the given source.
+    Train(&'a mut dyn DropoutRng),
+}
+
+impl Mode<'_> {
+    fn is_train(&self) -> bool {
+        matches!(self, Mode::Train(_))
+    }
+
+    fn dropout(&mut self, xs: &Tensor, p: f64) -> Result<Tensor> {
+        match self {
+            Mode::Train(rng) if p > 0.0 => {
+                let mask = rng.mask(xs.elem_count(), p as f32);
+                let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
+                xs * mask
+            }
+            _ => Ok(xs.clone()),
+        }
+    }
+}
+
+/// A dense layer that always multiplies 2-D inputs, so the backward pass never materialises a
+/// per-batch weight gradient.
+#[derive(Debug, Clone)]
+struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn load(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get((out_dim, in_dim), "weight")?,
+            bias: vb.get(out_dim, "bias")?,
+        })
+    }
+
+    /// xs: (n, in_dim) -> (n, out_dim).
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        xs.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        // Old TensorFlow-converted checkpoints name these gamma/beta.
+        let (w, b) = if vb.contains_tensor("weight") || !vb.contains_tensor("gamma") {
+            ("weight", "bias")
+        } else {
+            ("gamma", "beta")
+        };
+        Ok(Self {
+            weight: vb.get(dim, w)?,
+            bias: vb.get(dim, b)?,
+            eps,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            // The fused kernel has no backward pass; the composed version does.
+            candle_nn::ops::layer_norm_slow(xs, &self.weight, &self.bias, self.eps as f32)
+        } else {
+            candle_nn::ops::layer_norm(&xs.contiguous()?, &self.weight, &self.bias, self.eps as f32)
+        }
+    }
+}
+
+struct Embeddings {
+    word: candle_nn::Embedding,
+    position: candle_nn::Embedding,
+    token_type: candle_nn::Embedding,
+    layer_norm: LayerNorm,
+    dropout: f64,
+}
+
+impl Embeddings {
+    fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            word: candle_nn::embedding(cfg.vocab_size, h, vb.pp("word_embeddings"))?,
+            position: candle_nn::embedding(
+                cfg.max_position_embeddings,
+                h,
+                vb.pp("position_embeddings"),
+            )?,
+            token_type: candle_nn::embedding(
+                cfg.type_vocab_size,
+                h,
+                vb.pp("token_type_embeddings"),
+            )?,
+            layer_norm: LayerNorm::load(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+            dropout: cfg.hidden_dropout_prob,
+        })
+    }
+
+    /// input_ids, token_type_ids: (b, s) u32 -> (b*s, h).
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        let (b_sz, seq_len) = input_ids.dims2()?;
+        let positions = Tensor::arange(0u32, seq_len as u32, input_ids.device())?;
+        let pos = self.position.forward(&positions)?; // (s, h)
+        let words = self.word.forward(&input_ids.flatten_all()?)?; // (b*s, h)
+        let types = self.token_type.forward(&token_type_ids.flatten_all()?)?;
+        let h = words.dim(1)?;
+        let pos = pos
+            .unsqueeze(0)?
+            .broadcast_as((b_sz, seq_len, h))?
+            .reshape((b_sz * seq_len, h))?;
+        let xs = ((words + types)? + pos)?;
+        let xs = self.layer_norm.forward(&xs, mode.is_train())?;
+        mode.dropout(&xs, self.dropout)
+    }
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: LayerNorm,
+    act: HiddenAct,
+    num_heads: usize,
+    hidden_dropout: f64,
+    attn_dropout: f64,
+}
+
+impl Layer {
+    fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let i = cfg.intermediate_size;
+        let att = vb.pp("attention");
+        let eps = cfg.layer_norm_eps;
+        Ok(Self {
+            query: Linear::load(att.pp("self").pp("query"), h, h)?,
+            key: Linear::load(att.pp("self").pp("key"), h, h)?,
+            value: Linear::load(att.pp("self").pp("value"), h, h)?,
+            attn_out: Linear::load(att.pp("output").pp("dense"), h, h)?,
+            attn_norm: LayerNorm::load(att.pp("output").pp("LayerNorm"), h, eps)?,
+            intermediate: Linear::load(vb.pp("intermediate").pp("dense"), h, i)?,
+            output: Linear::load(vb.pp("output").pp("dense"), i, h)?,
+            out_norm: LayerNorm::load(vb.pp("output").pp("LayerNorm"), h, eps)?,
+            act: cfg.hidden_act,
+            num_heads: cfg.num_attention_heads,
+            hidden_dropout: cfg.hidden_dropout_prob,
+            attn_dropout: cfg.attention_probs_dropout_prob,
+        })
+    }
+
+    /// xs: (b*s, h); mask_bias: (b, 1, 1, s) additive -> (b*s, h).
+    fn forward(
+        &self,
+        xs: &Tensor,
+        mask_bias: &Tensor,
+        seq_len: usize,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        let (n, h) = xs.dims2()?;
+        let b_sz = n / seq_len;
+        let head_dim = h / self.num_heads;
+        let heads = |t: Tensor| -> Result<Tensor> {
+            t.reshape((b_sz, seq_len, self.num_heads, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = heads((self.query.forward(xs)? * (1.0 / (head_dim as f64).sqrt()))?)?;
+        let k = heads(self.key.forward(xs)?)?;
+        let v = heads(self.value.forward(xs)?)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(mask_bias)?; // (b, heads, s, s)
+        let probs = if mode.is_train() {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        let probs = mode.dropout(&probs, self.attn_dropout)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((n, h))?;
+        let attn = mode.dropout(&self.attn_out.forward(&ctx)?, self.hidden_dropout)?;
+        let xs = self.attn_norm.forward(&(attn + xs)?, mode.is_train())?;
+        let inter = self.intermediate.forward(&xs)?;
+        let inter = match self.act {
+            HiddenAct::Gelu => inter.gelu_erf()?,
+            HiddenAct::GeluNew => inter.gelu()?,
+            HiddenAct::Relu => inter.relu()?,
+        };
+        let out = mode.dropout(&self.output.forward(&inter)?, self.hidden_dropout)?;
+        self.out_norm.forward(&(out + xs)?, mode.is_train())
+    }
+}
+
+/// A BERT encoder (no pooler: sentence embeddings pool the token states themselves).
+pub struct BertModel {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    /// The configuration it was built from.
+    pub config: BertConfig,
+}
+
+impl BertModel {
+    /// Builds the model from tensors named as in the checkpoint (without any `bert.` prefix).
+    pub fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        let embeddings = Embeddings::load(vb.pp("embeddings"), cfg)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embeddings,
+            layers,
+            config: cfg.clone(),
+        })
+    }
+
+    /// input_ids, token_type_ids, attention_mask: (b, s) u32 -> token states (b, s, h), f32.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        let (b_sz, seq_len) = input_ids.dims2()?;
+        // 0 where attended, a large negative number on padding: softmax gives padding zero weight.
+        let mask_bias = ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?
+            .reshape((b_sz, 1, 1, seq_len))?;
+        let mut xs = self.embeddings.forward(input_ids, token_type_ids, mode)?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs, &mask_bias, seq_len, mode)?;
+        }
+        xs.reshape((b_sz, seq_len, self.config.hidden_size))
+    }
+}

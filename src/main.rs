@@ -1,0 +1,16 @@
+//! The `tripletlab` binary: parses the command line and runs a CLI command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = tripletlab::cli::Cli::parse();
+    match tripletlab::cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("Error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The `tripletlab` binary end to end: output, JSON, cache, exit codes and error messages.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use tripletlab::core::model::tiny::TinySpec;
+
+use crate::common::{dev_triplets, tiny_model};
+
+fn tripletlab(args: &[&str], cache: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tripletlab"))
+        .args(args)
+        .env("TRIPLETLAB_CACHE_DIR", cache)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn eval_prints_metrics_writes_json_and_reuses_the_cache() {
+    let model = tiny_model(&TinySpec::default());
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("t.json");
+    std::fs::write(&data, serde_json::to_string(&dev_triplets(40)).unwrap()).unwrap();
+    let json = work.path().join("out.json");
+    let cache = work.path().join("cache");
+    let args = [
+        "eval",
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        model.path().to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    let out = tripletlab(&args, &cache);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for key in tripletlab::core::metrics::metric_keys() {
+        assert!(stdout.contains(&key), "table lacks {key}:\n{stdout}");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["per_triplet"].as_array().unwrap().len(), 40);
+    assert!(report["metrics"]["cosine_ndcg@10"].as_f64().unwrap() > 0.0);
+    for k in [
+        "model",
+        "weights_hash",
+        "prompts",
+        "max_seq_len",
+        "truncate_dim",
+        "tool_version",
+    ] {
+        assert!(report["settings"].get(k).is_some(), "settings lack {k}");
+    }
+    let row = &report["per_triplet"][0];
+    for k in ["cos_pos", "cos_neg", "margin", "rank_pos", "rank_neg"] {
+        assert!(row.get(k).is_some(), "per_triplet rows lack {k}");
+    }
+
+    let again = tripletlab(&args, &cache);
+    assert!(again.status.success());
+    let stderr = text(&again.stderr);
+    assert!(
+        stderr.contains("0 computed"),
+        "second run was not served from the cache:\n{stderr}"
+    );
+    assert_eq!(text(&again.stdout), stdout);
+}
+
+#[test]
+fn embed_writes_npy_rows_queries_then_positives_then_negatives() {
+    let model = tiny_model(&TinySpec::default());
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("t.jsonl");
+    let lines: Vec<String> = dev_triplets(5)
+        .iter()
+        .map(|t| serde_json::to_string(t).unwrap())
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let npy = work.path().join("e.npy");
+    let out = tripletlab(
+        &[
+            "embed",
+            "--data",
+            data.to_str().unwrap(),
+            "--model",
+            model.path().to_str().unwrap(),
+            "--out",
+            npy.to_str().unwrap(),
+            "--no-cache",
+        ],
+        &work.path().join("cache"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m = tripletlab::core::report::read_npy_f32(&npy).unwrap();
+    assert_eq!((m.rows(), m.dim), (15, 32));
+    assert!(
+        !work.path().join("cache").exists(),
+        "--no-cache wrote the cache"
+    );
+}
+
+#[test]
+fn errors_exit_non_zero_with_a_message() {
+    let model = tiny_model(&TinySpec::default());
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let bad = work.path().join("bad.json");
+    std::fs::write(&bad, "[{\"query\": \"q\",\n \"pos\": ]").unwrap();
+    let m = model.path().to_str().unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "eval".into(),
+                "--data".into(),
+                "/no/such/file.json".into(),
+                "--model".into(),
+                m.into(),
+            ],
+            "/no/such/file.json",
+        ),
+        (
+            vec![
+                "eval".into(),
+                "--data".into(),
+                bad.display().to_string(),
+                "--model".into(),
+                m.into(),
+            ],
+            "bad.json:2:",
+        ),
+        (
+            vec![
+                "eval".into(),
+                "--data".into(),
+                work.path().display().to_string(),
+                "--model".into(),
+                m.into(),
+            ],
+            "is a directory",
+        ),
+        (
+            vec![
+                "eval".into(),
+                "--data".into(),
+                crate::common::fixture("patents-dev.json")
+                    .display()
+                    .to_string(),
+                "--model".into(),
+                "/no/model".into(),
+            ],
+            "/no/model",
+        ),
+        (
+            vec![
+                "eval".into(),
+                "--data".into(),
+                crate::common::fixture("patents-dev.json")
+                    .display()
+                    .to_string(),
+                "--model".into(),
+                m.into(),
+                "--prompts".into(),
+                "weird".into(),
+            ],
+            "prompts must be",
+        ),
+    ];
+    for (args, needle) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = tripletlab(&args, &cache);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("Error: ") && stderr.contains(needle),
+            "{args:?}: {stderr}"
+        );
+    }
+}

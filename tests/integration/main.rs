@@ -1,0 +1,10 @@
+//! Integration tests: one binary (candle links once) with a module per area.
+
+mod cli;
+mod common;
+mod data_files;
+mod layering;
+mod metrics_reference;
+mod model_folders;
+mod real_model;
+mod tiny_encoder;

@@ -1,0 +1,70 @@
+//! The metric functions alone, on sentence-transformers' stored embeddings of patents-dev.json:
+//! every metric and every per-triplet row equals `reference_metrics.py`'s output to 1e-6.
+
+use tripletlab::core::data::load_triplets;
+use tripletlab::core::embeddings::Embeddings;
+use tripletlab::core::metrics::{evaluate, metric_keys, RetrievalIndex};
+use tripletlab::core::report::read_npy_f32;
+
+use crate::common::fixture;
+
+#[test]
+fn metrics_equal_the_reference() {
+    let data = load_triplets(&fixture("patents-dev.json")).unwrap();
+    let emb = read_npy_f32(&fixture("patents-dev-minilm-seq256.npy")).unwrap();
+    let n = data.len();
+    assert_eq!(emb.rows(), 3 * n);
+    let part = |k: usize| {
+        Embeddings::from_vec(
+            emb.dim,
+            emb.data[k * n * emb.dim..(k + 1) * n * emb.dim].to_vec(),
+        )
+    };
+    let index = RetrievalIndex::build(&data.triplets, &part(0), &part(1), &part(2));
+    let result = evaluate(&index);
+
+    let reference: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixture("patents-dev-minilm-seq256-metrics.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        result.n_corpus as u64,
+        reference["n_corpus"].as_u64().unwrap()
+    );
+    assert_eq!(
+        result.n_queries as u64,
+        reference["n_queries"].as_u64().unwrap()
+    );
+    for key in metric_keys() {
+        let want = reference["metrics"][&key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("reference lacks {key}"));
+        let got = result.metrics[&key];
+        assert!(
+            (got - want).abs() <= 1e-6,
+            "{key}: {got} vs reference {want}"
+        );
+    }
+    let rows = reference["per_triplet"].as_array().unwrap();
+    assert_eq!(rows.len(), n);
+    for (i, (got, want)) in result.per_triplet.iter().zip(rows).enumerate() {
+        for (name, g) in [
+            ("cos_pos", got.cos_pos),
+            ("cos_neg", got.cos_neg),
+            ("margin", got.margin),
+        ] {
+            let w = want[name].as_f64().unwrap();
+            assert!((g - w).abs() <= 1e-6, "triplet {i} {name}: {g} vs {w}");
+        }
+        assert_eq!(
+            got.rank_pos as u64,
+            want["rank_pos"].as_u64().unwrap(),
+            "triplet {i} rank_pos"
+        );
+        assert_eq!(
+            got.rank_neg as u64,
+            want["rank_neg"].as_u64().unwrap(),
+            "triplet {i} rank_neg"
+        );
+    }
+}
