@@ -1,6 +1,7 @@
 //! The command line: each subcommand parses its flags and calls into `core`.
 
 mod eval;
+mod finetune;
 mod progress;
 
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::core::data::{load_triplets, Dataset};
 use crate::core::encoder::{EncoderOptions, PromptChoice};
 use crate::core::model::{ModelSource, DEFAULT_MODEL};
+use crate::core::train::LossKind;
 
 /// Evaluate and fine-tune text-embedding models on (query, positive, negative) triplets.
 #[derive(Debug, Parser)]
@@ -29,6 +31,9 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Embed a triplet file and print its retrieval metrics (sentence-transformers' definitions).
     Eval(EvalArgs),
+    /// Fine-tune a model on triplets, validate as it trains, and save the best checkpoint as a
+    /// sentence-transformers folder.
+    Finetune(FinetuneArgs),
 }
 
 /// Model and encoding options shared by every command that embeds.
@@ -97,11 +102,79 @@ pub struct EvalArgs {
     pub encoder: EncoderArgs,
 }
 
+/// `tripletlab finetune`.
+#[derive(Debug, Args)]
+pub struct FinetuneArgs {
+    /// Training triplets (JSON array or JSON lines).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Hub id or local folder of the model to start from.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Folder to save the fine-tuned model to (sentence-transformers layout).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Loss: mnrl (MultipleNegativesRankingLoss), contrastive (the notebook's), triplet.
+    #[arg(long, value_parser = parse_loss, default_value = "mnrl")]
+    pub loss: LossKind,
+    /// Passes over the training data.
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Examples per step: triplets (mnrl, triplet) or pairs (contrastive).
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-5)]
+    pub lr: f64,
+    /// Share of steps spent warming the learning rate up.
+    #[arg(long, default_value_t = 0.1)]
+    pub warmup_ratio: f64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Tokens per text in training.
+    #[arg(long, default_value_t = 128)]
+    pub max_seq_len: usize,
+    /// Tokens per text in validation [default: the folder's max_seq_length].
+    #[arg(long)]
+    pub eval_max_seq_len: Option<usize>,
+    /// Share of distinct queries held out for validation (ignored with --val).
+    #[arg(long, default_value_t = 0.2, conflicts_with = "val")]
+    pub val_split: f64,
+    /// A separate validation file.
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    /// Validate every N steps [default: about five times per run; 0: only before and after].
+    #[arg(long)]
+    pub eval_steps: Option<usize>,
+    /// Seed of shuffling, the validation split and dropout.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Prompts: `auto`, `none`, or `QUERY,DOCUMENT`.
+    #[arg(long, default_value = "auto")]
+    pub prompts: String,
+    /// Write the whole training log (steps, validations, settings) as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+fn parse_loss(s: &str) -> Result<LossKind, String> {
+    match s {
+        "mnrl" => Ok(LossKind::Mnrl),
+        "contrastive" => Ok(LossKind::Contrastive),
+        "triplet" => Ok(LossKind::Triplet),
+        _ => Err(format!(
+            "unknown loss `{s}`: use mnrl, contrastive or triplet"
+        )),
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Embed(args) => eval::embed(&args),
         Command::Eval(args) => eval::eval(&args),
+        Command::Finetune(args) => finetune::finetune(&args),
     }
 }
 

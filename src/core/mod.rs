@@ -9,3 +9,4 @@ pub mod jobs;
 pub mod metrics;
 pub mod model;
 pub mod report;
+pub mod train;

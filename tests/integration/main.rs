@@ -8,3 +8,4 @@ mod metrics_reference;
 mod model_folders;
 mod real_model;
 mod tiny_encoder;
+mod training;

@@ -360,6 +360,28 @@ impl Encoder {
         Ok(out)
     }
 
+    /// Pooled vectors of texts as a tensor (b, dim) with the autograd graph kept, for training.
+    /// Normalised when the folder has a Normalize module, as sentence-transformers' model output.
+    pub fn forward_train(
+        &self,
+        texts: &[&str],
+        role: Role,
+        mode: &mut Mode,
+    ) -> Result<Tensor, EncodeError> {
+        let emit = |_: crate::core::jobs::Update<()>| {};
+        let ctx = JobCtx::new(crate::core::jobs::CancelToken::new(), &emit);
+        let tokenized = self.tokenize(texts, role, &ctx)?;
+        let rows: Vec<&Tokenized> = tokenized.iter().collect();
+        let (ids, type_ids, mask) = self.pad(&rows)?;
+        let states = self.model.forward(&ids, &type_ids, &mask, mode)?;
+        let pooled = pool(&states, &mask, self.pooling)?;
+        Ok(if self.normalize {
+            l2_normalize(&pooled)?
+        } else {
+            pooled
+        })
+    }
+
     /// Right-pads a batch to its longest row: ids, type ids, attention mask, each (b, s) u32.
     fn pad(&self, rows: &[&Tokenized]) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let seq_len = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
@@ -380,6 +402,12 @@ impl Encoder {
             Tensor::from_vec(mask, (b_sz, seq_len), &dev)?,
         ))
     }
+}
+
+/// Differentiable row-wise L2 normalisation of (b, h), with torch's epsilon of 1e-12.
+pub fn l2_normalize(xs: &Tensor) -> candle_core::Result<Tensor> {
+    let norm = xs.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    xs.broadcast_div(&norm)
 }
 
 /// Pools token states (b, s, h) under an attention mask (b, s) into (b, h); padding never counts.

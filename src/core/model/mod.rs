@@ -5,6 +5,7 @@ pub mod bert;
 pub mod config;
 mod folder;
 mod hub;
+pub mod save;
 pub mod tiny;
 
 pub use bert::{BertModel, DropoutRng, Mode};

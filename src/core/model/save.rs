@@ -1,0 +1,235 @@
+//! Writing a model folder in the sentence-transformers layout that sentence-transformers 2.x–6.x
+//! and text-embeddings-inference load. The folder is written under a temporary name next to the
+//! target and renamed into place, so a crash never leaves half a model at the target path.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use serde_json::json;
+
+use super::{Checkpoint, ModelFolder};
+use crate::core::encoder::Prompts;
+
+/// Why a model could not be saved.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    /// A file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tensor could not be converted or serialised.
+    #[error("cannot write the weights {path}: {message}")]
+    Weights {
+        /// The weights file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The target path is unusable.
+    #[error("{0}")]
+    Target(String),
+}
+
+/// What the saved folder declares besides the weights.
+#[derive(Debug, Clone)]
+pub struct SaveSettings {
+    /// `max_seq_length` for sentence-transformers.
+    pub max_seq_length: usize,
+    /// Prompts to declare (empty ones are left out).
+    pub prompts: Prompts,
+    /// The model card (`README.md`).
+    pub model_card: String,
+}
+
+/// Files of the source folder that are copied unchanged when present.
+const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "added_tokens.json",
+];
+
+/// Saves `weights` (encoder tensor names, no prefix) merged into the source checkpoint's tensor
+/// map, so names, dtypes and shapes equal the source's. `after_file` is called after each file is
+/// written (tests use it to interrupt the save).
+pub fn save_model_folder(
+    out: &Path,
+    source: &ModelFolder,
+    checkpoint: &Checkpoint,
+    weights: &HashMap<String, Tensor>,
+    settings: &SaveSettings,
+    after_file: &mut dyn FnMut(&Path),
+) -> Result<(), SaveError> {
+    let name = out
+        .file_name()
+        .ok_or_else(|| SaveError::Target(format!("{} is not a folder path", out.display())))?
+        .to_string_lossy()
+        .to_string();
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SaveError::Io { path, source }
+    };
+    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+    let stamp = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let tmp = parent.join(format!(".{name}.partial-{stamp}"));
+    let result = write_folder(&tmp, source, checkpoint, weights, settings, after_file);
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    // Swap into place: the old folder (if any) moves aside first, so the target path always holds
+    // a whole folder or nothing.
+    let old = parent.join(format!(".{name}.old-{stamp}"));
+    let had_old = out.exists();
+    if had_old {
+        std::fs::rename(out, &old).map_err(io(out))?;
+    }
+    if let Err(e) = std::fs::rename(&tmp, out) {
+        if had_old {
+            let _ = std::fs::rename(&old, out);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(SaveError::Io {
+            path: out.to_path_buf(),
+            source: e,
+        });
+    }
+    if had_old {
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    Ok(())
+}
+
+fn write_folder(
+    dir: &Path,
+    source: &ModelFolder,
+    checkpoint: &Checkpoint,
+    weights: &HashMap<String, Tensor>,
+    settings: &SaveSettings,
+    after_file: &mut dyn FnMut(&Path),
+) -> Result<(), SaveError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SaveError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir.join("1_Pooling")).map_err(io(dir))?;
+
+    // Weights first: the largest file, and the one a crash is most likely to cut.
+    let weights_path = dir.join("model.safetensors");
+    let mut merged: Vec<(String, Tensor)> = Vec::with_capacity(checkpoint.tensors.len());
+    for (name, original) in &checkpoint.tensors {
+        let local = name.strip_prefix(&checkpoint.prefix).unwrap_or(name);
+        let t = match weights.get(local) {
+            Some(w) => w
+                .to_dtype(original.dtype())
+                .map_err(|e| SaveError::Weights {
+                    path: weights_path.clone(),
+                    message: format!("{name}: {e}"),
+                })?,
+            None => original.clone(),
+        };
+        merged.push((name.clone(), t));
+    }
+    merged.sort_by(|a, b| a.0.cmp(&b.0));
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(
+        merged.iter().map(|(k, v)| (k.as_str(), v)),
+        Some(metadata),
+        &weights_path,
+    )
+    .map_err(|e| SaveError::Weights {
+        path: weights_path.clone(),
+        message: e.to_string(),
+    })?;
+    after_file(&weights_path);
+
+    let config_src = source.transformer_dir.join("config.json");
+    let config_dst = dir.join("config.json");
+    std::fs::copy(&config_src, &config_dst).map_err(io(&config_dst))?;
+    after_file(&config_dst);
+    for f in TOKENIZER_FILES {
+        let src = source.transformer_dir.join(f);
+        if src.is_file() {
+            let dst = dir.join(f);
+            std::fs::copy(&src, &dst).map_err(io(&dst))?;
+            after_file(&dst);
+        }
+    }
+
+    let mut write_json = |rel: &str, v: serde_json::Value| -> Result<(), SaveError> {
+        let path = dir.join(rel);
+        let text = serde_json::to_string_pretty(&v).expect("JSON values serialise");
+        std::fs::write(&path, text + "\n").map_err(io(&path))?;
+        after_file(&path);
+        Ok(())
+    };
+    let cfg = &source.config;
+    let st = &source.sentence;
+    let pooling = st.pooling;
+    write_json(
+        "sentence_bert_config.json",
+        json!({"max_seq_length": settings.max_seq_length, "do_lower_case": st.do_lower_case}),
+    )?;
+    write_json(
+        "1_Pooling/config.json",
+        json!({
+            "word_embedding_dimension": cfg.hidden_size,
+            "pooling_mode_cls_token": pooling == super::Pooling::Cls,
+            "pooling_mode_mean_tokens": pooling == super::Pooling::Mean,
+            "pooling_mode_max_tokens": pooling == super::Pooling::Max,
+            "pooling_mode_mean_sqrt_len_tokens": pooling == super::Pooling::MeanSqrtLen,
+            "pooling_mode_weightedmean_tokens": false,
+            "pooling_mode_lasttoken": false,
+            "include_prompt": true
+        }),
+    )?;
+    let mut modules = vec![
+        json!({"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}),
+        json!({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}),
+    ];
+    if st.normalize {
+        let norm_dir = dir.join("2_Normalize");
+        std::fs::create_dir_all(&norm_dir).map_err(io(&norm_dir))?;
+        modules.push(json!({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}));
+    }
+    write_json("modules.json", json!(modules))?;
+    let mut prompts = serde_json::Map::new();
+    if !settings.prompts.query.is_empty() {
+        prompts.insert("query".into(), json!(settings.prompts.query));
+    }
+    if !settings.prompts.document.is_empty() {
+        prompts.insert("document".into(), json!(settings.prompts.document));
+    }
+    write_json(
+        "config_sentence_transformers.json",
+        json!({
+            "__version__": {"sentence_transformers": "3.0.0", "transformers": "4.41.0", "pytorch": "2.3.0"},
+            "prompts": prompts,
+            "default_prompt_name": null,
+            "similarity_fn_name": "cosine",
+            "model_type": "SentenceTransformer"
+        }),
+    )?;
+    let card = dir.join("README.md");
+    std::fs::write(&card, &settings.model_card).map_err(io(&card))?;
+    after_file(&card);
+    Ok(())
+}

@@ -1,0 +1,647 @@
+//! Fine-tuning: our BERT's weights in a `VarMap`, AdamW with linear warm-up and decay, gradient
+//! clipping, seeded dropout, validation before/during/after training, the best checkpoint by
+//! validation nDCG@10, and events for the GUI and CLI. Cancel and non-finite losses stop cleanly.
+
+pub mod loss;
+mod sampler;
+
+pub use sampler::{linear_lr, no_duplicate_batches, shuffled_batches, split_by_query};
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{Optimizer, VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+
+use crate::core::data::Triplet;
+use crate::core::encoder::{
+    embed_triplets, EncodeError, Encoder, EncoderOptions, PromptChoice, Role,
+};
+use crate::core::jobs::{JobCtx, StageClock};
+use crate::core::metrics::{evaluate, RetrievalIndex};
+use crate::core::model::{BertModel, Checkpoint, DropoutRng, Mode, ModelFolder};
+
+/// Which loss to train with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    /// MultipleNegativesRankingLoss (in-batch negatives plus the hard negative), scale 20.
+    Mnrl,
+    /// ContrastiveLoss on pairs (q, pos, 1) and (q, negative, 0), cosine distance, margin 0.5.
+    Contrastive,
+    /// TripletLoss, Euclidean distance, margin 5.
+    Triplet,
+}
+
+impl LossKind {
+    /// The CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            LossKind::Mnrl => "mnrl",
+            LossKind::Contrastive => "contrastive",
+            LossKind::Triplet => "triplet",
+        }
+    }
+}
+
+/// Every training setting; the defaults are sentence-transformers'.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainConfig {
+    /// The loss.
+    pub loss: LossKind,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Examples per step: triplets (mnrl, triplet) or pairs (contrastive).
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Share of the steps spent warming up (rounded up).
+    pub warmup_ratio: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Gradients are scaled down to at most this global L2 norm.
+    pub max_grad_norm: f64,
+    /// Tokens per text in training.
+    pub max_seq_len: usize,
+    /// Tokens per text in validation (`None`: the folder's own max length).
+    pub eval_max_seq_len: Option<usize>,
+    /// Texts per batch in validation.
+    pub eval_batch_size: usize,
+    /// Evaluate every N steps (`None`: about five times per run; `Some(0)`: only before and after).
+    pub eval_steps: Option<usize>,
+    /// Seed of shuffling, the validation split and dropout.
+    pub seed: u64,
+    /// Share of distinct queries held out when no validation file is given.
+    pub val_split: f64,
+    /// Prompts used in training and validation.
+    #[serde(skip)]
+    pub prompts: PromptChoice,
+    /// MNRL similarity scale.
+    pub mnrl_scale: f64,
+    /// ContrastiveLoss margin.
+    pub contrastive_margin: f64,
+    /// TripletLoss margin.
+    pub triplet_margin: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            loss: LossKind::Mnrl,
+            epochs: 1,
+            batch_size: 16,
+            lr: 2e-5,
+            warmup_ratio: 0.1,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            max_seq_len: 128,
+            eval_max_seq_len: None,
+            eval_batch_size: 32,
+            eval_steps: None,
+            seed: 42,
+            val_split: 0.2,
+            prompts: PromptChoice::Auto,
+            mnrl_scale: 20.0,
+            contrastive_margin: 0.5,
+            triplet_margin: 5.0,
+        }
+    }
+}
+
+/// One optimisation step.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepPoint {
+    /// 1-based step.
+    pub step: usize,
+    /// Fractional epoch at the end of the step.
+    pub epoch: f64,
+    /// Training loss of the batch.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Texts through the model per second in this step.
+    pub texts_per_sec: f64,
+    /// Seconds this step took.
+    pub step_secs: f64,
+}
+
+/// One validation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EvalPoint {
+    /// Steps done when it was measured (0 = zero-shot).
+    pub step: usize,
+    /// Metric key -> value on the validation set.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// What a training job reports as it goes.
+#[derive(Debug, Clone)]
+pub enum TrainEvent {
+    /// The run is planned.
+    Started {
+        /// Steps in all.
+        total_steps: usize,
+        /// Warm-up steps.
+        warmup_steps: usize,
+        /// Training triplets.
+        train_triplets: usize,
+        /// Validation triplets.
+        val_triplets: usize,
+    },
+    /// A step finished.
+    Step(StepPoint),
+    /// A validation finished.
+    Eval(EvalPoint),
+}
+
+/// Why training stopped.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StopReason {
+    /// All steps ran.
+    Completed,
+    /// The user cancelled; the best checkpoint so far is kept.
+    Cancelled {
+        /// Steps done.
+        after_step: usize,
+    },
+    /// The loss (or the gradient) became NaN or infinite; the last good weights are kept.
+    NonFiniteLoss {
+        /// The step whose loss was not finite (its update was not applied).
+        step: usize,
+    },
+}
+
+/// The result of a run.
+#[derive(Debug)]
+pub struct TrainOutcome {
+    /// Why it stopped.
+    pub stop: StopReason,
+    /// Steps planned.
+    pub total_steps: usize,
+    /// Every step.
+    pub steps: Vec<StepPoint>,
+    /// Every validation, the zero-shot one first.
+    pub evals: Vec<EvalPoint>,
+    /// The step of the best validation nDCG@10 (0 = the zero-shot model).
+    pub best_step: usize,
+    /// The best weights, by the encoder's tensor names (no `bert.` prefix).
+    pub best_weights: HashMap<String, Tensor>,
+    /// Training triplets used.
+    pub train_triplets: usize,
+    /// Validation triplets used.
+    pub val_triplets: usize,
+    /// Wall-clock seconds of the whole run.
+    pub seconds: f64,
+}
+
+impl TrainOutcome {
+    /// The zero-shot validation.
+    pub fn zero_shot(&self) -> &EvalPoint {
+        &self.evals[0]
+    }
+    /// The validation of the best checkpoint.
+    pub fn best(&self) -> &EvalPoint {
+        self.evals
+            .iter()
+            .find(|e| e.step == self.best_step)
+            .unwrap_or(&self.evals[0])
+    }
+}
+
+/// Why training could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Loading, tokenizing or embedding failed.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// A tensor operation failed.
+    #[error("training computation failed: {0}")]
+    Compute(#[from] candle_core::Error),
+    /// A setting is out of range.
+    #[error("{0}")]
+    InvalidConfig(String),
+}
+
+/// Metric that picks the best checkpoint.
+pub const BEST_METRIC: &str = "cosine_ndcg@10";
+
+/// Dropout masks from a seeded generator.
+struct SeededDropout(rand::rngs::SmallRng);
+
+impl DropoutRng for SeededDropout {
+    fn mask(&mut self, n: usize, p: f32) -> Vec<f32> {
+        let scale = 1.0 / (1.0 - p);
+        (0..n)
+            .map(|_| {
+                if self.0.random::<f32>() < p {
+                    0.0
+                } else {
+                    scale
+                }
+            })
+            .collect()
+    }
+}
+
+/// The model's trainable weights, shared by every `BertModel` built from them.
+pub struct Trainable {
+    varmap: VarMap,
+    config: crate::core::model::BertConfig,
+}
+
+impl Trainable {
+    /// Copies the encoder's float tensors of a checkpoint into variables.
+    pub fn new(folder: &ModelFolder, checkpoint: &Checkpoint) -> Result<Self, TrainError> {
+        let varmap = VarMap::new();
+        {
+            let mut data = varmap
+                .data()
+                .lock()
+                .map_err(|_| TrainError::InvalidConfig("poisoned lock".into()))?;
+            for (name, t) in &checkpoint.tensors {
+                let Some(local) = name.strip_prefix(&checkpoint.prefix) else {
+                    continue;
+                };
+                if !t.dtype().is_float() || local.starts_with("pooler.") {
+                    continue;
+                }
+                data.insert(
+                    local.to_string(),
+                    Var::from_tensor(&t.to_dtype(DType::F32)?)?,
+                );
+            }
+        }
+        let this = Self {
+            varmap,
+            config: folder.config.clone(),
+        };
+        let before = this.vars().len();
+        this.model()?;
+        if this.vars().len() != before {
+            return Err(TrainError::InvalidConfig(format!(
+                "{} lacks tensors the model needs",
+                folder.weights_path.display()
+            )));
+        }
+        Ok(this)
+    }
+
+    /// A model over these variables (builds are cheap: tensors are shared).
+    pub fn model(&self) -> Result<BertModel, TrainError> {
+        let vb = VarBuilder::from_varmap(&self.varmap, DType::F32, &Device::Cpu);
+        Ok(BertModel::load(vb, &self.config)?)
+    }
+
+    /// Every variable with its name.
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// A deep copy of the current weights.
+    pub fn snapshot(&self) -> Result<HashMap<String, Tensor>, TrainError> {
+        self.vars()
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.as_tensor().copy()?.detach())))
+            .collect()
+    }
+
+    /// Sets the weights back to a snapshot.
+    pub fn restore(&self, snapshot: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+        for (k, v) in self.vars() {
+            if let Some(t) = snapshot.get(&k) {
+                v.set(t)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One batch: the texts of each column and, for contrastive pairs, the labels.
+struct Batch<'a> {
+    anchors: Vec<&'a str>,
+    /// Positives (mnrl, triplet) or the pair's other text (contrastive).
+    others: Vec<&'a str>,
+    negatives: Vec<&'a str>,
+    labels: Vec<f32>,
+}
+
+fn plan_batches<'a>(train: &'a [Triplet], cfg: &TrainConfig) -> Vec<Batch<'a>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    let mut out = Vec::new();
+    for _ in 0..cfg.epochs {
+        match cfg.loss {
+            LossKind::Mnrl | LossKind::Triplet => {
+                let batches = if cfg.loss == LossKind::Mnrl {
+                    no_duplicate_batches(train, cfg.batch_size, &mut rng)
+                } else {
+                    shuffled_batches(train.len(), cfg.batch_size, &mut rng)
+                };
+                out.extend(batches.into_iter().map(|b| Batch {
+                    anchors: b.iter().map(|&i| train[i].query.as_str()).collect(),
+                    others: b.iter().map(|&i| train[i].pos.as_str()).collect(),
+                    negatives: b.iter().map(|&i| train[i].negative.as_str()).collect(),
+                    labels: Vec::new(),
+                }));
+            }
+            LossKind::Contrastive => {
+                // Pairs (q, pos, 1) and (q, negative, 0), as the notebook builds them.
+                let pairs: Vec<(&str, &str, f32)> = train
+                    .iter()
+                    .flat_map(|t| {
+                        [
+                            (t.query.as_str(), t.pos.as_str(), 1.0),
+                            (t.query.as_str(), t.negative.as_str(), 0.0),
+                        ]
+                    })
+                    .collect();
+                for b in shuffled_batches(pairs.len(), cfg.batch_size, &mut rng) {
+                    out.push(Batch {
+                        anchors: b.iter().map(|&i| pairs[i].0).collect(),
+                        others: b.iter().map(|&i| pairs[i].1).collect(),
+                        negatives: Vec::new(),
+                        labels: b.iter().map(|&i| pairs[i].2).collect(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn batch_loss(
+    enc: &Encoder,
+    batch: &Batch,
+    cfg: &TrainConfig,
+    mode: &mut Mode,
+) -> Result<Tensor, TrainError> {
+    let a = enc.forward_train(&batch.anchors, Role::Query, mode)?;
+    let loss = match cfg.loss {
+        LossKind::Contrastive => {
+            let b = enc.forward_train(&batch.others, Role::Document, mode)?;
+            let labels = Tensor::new(batch.labels.as_slice(), &Device::Cpu)?;
+            loss::contrastive(&a, &b, &labels, cfg.contrastive_margin)?
+        }
+        LossKind::Mnrl | LossKind::Triplet => {
+            // Positives and negatives in one forward pass: they have similar lengths.
+            let docs: Vec<&str> = batch
+                .others
+                .iter()
+                .chain(&batch.negatives)
+                .copied()
+                .collect();
+            let d = enc.forward_train(&docs, Role::Document, mode)?;
+            let n = batch.others.len();
+            let (p, neg) = (d.narrow(0, 0, n)?, d.narrow(0, n, n)?);
+            if cfg.loss == LossKind::Mnrl {
+                loss::mnrl(&a, &p, Some(&neg), cfg.mnrl_scale)?
+            } else {
+                loss::triplet(&a, &p, &neg, cfg.triplet_margin)?
+            }
+        }
+    };
+    Ok(loss)
+}
+
+/// Scales gradients to a global norm of at most `max_norm` (torch's clip_grad_norm_); returns the
+/// norm before clipping.
+fn clip_gradients(
+    grads: &mut candle_core::backprop::GradStore,
+    vars: &[(String, Var)],
+    max_norm: f64,
+) -> Result<f64, TrainError> {
+    let mut total = 0f64;
+    for (_, v) in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            total += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+        }
+    }
+    let norm = total.sqrt();
+    let scale = max_norm / (norm + 1e-6);
+    if norm.is_finite() && scale < 1.0 {
+        for (_, v) in vars {
+            if let Some(g) = grads.remove(v.as_tensor()) {
+                grads.insert(v.as_tensor(), (g * scale)?);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// Validation metrics of the current weights.
+fn validate(
+    enc: &Encoder,
+    val: &[Triplet],
+    ctx: &JobCtx<TrainEvent>,
+) -> Result<BTreeMap<String, f64>, EncodeError> {
+    let emb = ctx.run_without_points(|c| embed_triplets(enc, val, None, c))?;
+    Ok(evaluate(&RetrievalIndex::build(
+        val,
+        &emb.queries,
+        &emb.positives,
+        &emb.negatives,
+    ))
+    .metrics)
+}
+
+/// Trains on `train`, validating on `val`. Never returns an error for a cancel or a non-finite
+/// loss: the outcome says why it stopped and holds the best weights.
+pub fn train(
+    folder: &ModelFolder,
+    checkpoint: &Checkpoint,
+    train: &[Triplet],
+    val: &[Triplet],
+    cfg: &TrainConfig,
+    ctx: &JobCtx<TrainEvent>,
+) -> Result<TrainOutcome, TrainError> {
+    let started = Instant::now();
+    if train.is_empty() || val.is_empty() {
+        return Err(TrainError::InvalidConfig(format!(
+            "training needs triplets to train on and to validate on (got {} and {})",
+            train.len(),
+            val.len()
+        )));
+    }
+    if cfg.batch_size < 2 && cfg.loss == LossKind::Mnrl {
+        return Err(TrainError::InvalidConfig(
+            "mnrl needs a batch size of at least 2".into(),
+        ));
+    }
+    if cfg.epochs == 0
+        || cfg.lr.is_nan()
+        || cfg.lr <= 0.0
+        || !(0.0..1.0).contains(&cfg.warmup_ratio)
+    {
+        return Err(TrainError::InvalidConfig(
+            "epochs must be at least 1, lr positive and warmup_ratio in [0, 1)".into(),
+        ));
+    }
+    let weights = Trainable::new(folder, checkpoint)?;
+    let label = folder.root.display().to_string();
+    let train_opts = EncoderOptions {
+        max_seq_len: Some(cfg.max_seq_len),
+        batch_size: cfg.batch_size,
+        prompts: cfg.prompts.clone(),
+        truncate_dim: None,
+    };
+    let eval_opts = EncoderOptions {
+        max_seq_len: cfg.eval_max_seq_len,
+        batch_size: cfg.eval_batch_size,
+        prompts: cfg.prompts.clone(),
+        truncate_dim: None,
+    };
+    let hash = checkpoint.weights_hash.clone();
+    let train_enc = Encoder::from_model(
+        folder.clone(),
+        weights.model()?,
+        hash.clone(),
+        label.clone(),
+        &train_opts,
+    )?;
+    let eval_enc = Encoder::from_model(folder.clone(), weights.model()?, hash, label, &eval_opts)?;
+
+    let batches = plan_batches(train, cfg);
+    let total_steps = batches.len();
+    let warmup_steps = (cfg.warmup_ratio * total_steps as f64).ceil() as usize;
+    let eval_every = match cfg.eval_steps {
+        None => total_steps.div_ceil(5).max(1),
+        Some(0) => usize::MAX,
+        Some(n) => n,
+    };
+    ctx.point(TrainEvent::Started {
+        total_steps,
+        warmup_steps,
+        train_triplets: train.len(),
+        val_triplets: val.len(),
+    });
+
+    let mut evals = Vec::new();
+    let mut steps = Vec::new();
+    let zero_shot = match validate(&eval_enc, val, ctx) {
+        Ok(m) => m,
+        Err(EncodeError::Cancelled) => {
+            return Ok(TrainOutcome {
+                stop: StopReason::Cancelled { after_step: 0 },
+                total_steps,
+                steps,
+                evals: vec![EvalPoint {
+                    step: 0,
+                    metrics: BTreeMap::new(),
+                }],
+                best_step: 0,
+                best_weights: weights.snapshot()?,
+                train_triplets: train.len(),
+                val_triplets: val.len(),
+                seconds: started.elapsed().as_secs_f64(),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let point = EvalPoint {
+        step: 0,
+        metrics: zero_shot,
+    };
+    ctx.point(TrainEvent::Eval(point.clone()));
+    let mut best_score = point.metrics[BEST_METRIC];
+    let mut best_step = 0;
+    let mut best_weights = weights.snapshot()?;
+    evals.push(point);
+
+    let vars = weights.vars();
+    let params = candle_nn::ParamsAdamW {
+        lr: cfg.lr,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: cfg.weight_decay,
+    };
+    let mut opt = candle_nn::AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), params)?;
+    let mut dropout = SeededDropout(rand::rngs::SmallRng::seed_from_u64(cfg.seed ^ 0x5eed));
+    let clock = StageClock::start("training", "steps", total_steps);
+    let mut stop = StopReason::Completed;
+    let per_epoch = total_steps as f64 / cfg.epochs as f64;
+
+    for (i, batch) in batches.iter().enumerate() {
+        if ctx.is_cancelled() {
+            stop = StopReason::Cancelled { after_step: i };
+            break;
+        }
+        let step_start = Instant::now();
+        let lr = linear_lr(i, total_steps, warmup_steps, cfg.lr);
+        opt.set_learning_rate(lr);
+        let loss = batch_loss(&train_enc, batch, cfg, &mut Mode::Train(&mut dropout))?;
+        let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !loss_value.is_finite() {
+            stop = StopReason::NonFiniteLoss { step: i + 1 };
+            break;
+        }
+        let mut grads = loss.backward()?;
+        drop(loss);
+        let grad_norm = clip_gradients(&mut grads, &vars, cfg.max_grad_norm)?;
+        if !grad_norm.is_finite() {
+            stop = StopReason::NonFiniteLoss { step: i + 1 };
+            break;
+        }
+        opt.step(&grads)?;
+        drop(grads);
+        let secs = step_start.elapsed().as_secs_f64();
+        let texts = batch.anchors.len() + batch.others.len() + batch.negatives.len();
+        let point = StepPoint {
+            step: i + 1,
+            epoch: (i + 1) as f64 / per_epoch,
+            loss: loss_value,
+            lr,
+            grad_norm,
+            texts_per_sec: texts as f64 / secs,
+            step_secs: secs,
+        };
+        ctx.point(TrainEvent::Step(point.clone()));
+        steps.push(point);
+        ctx.progress(clock.at(i + 1));
+
+        let last = i + 1 == total_steps;
+        if last || (i + 1) % eval_every == 0 {
+            match validate(&eval_enc, val, ctx) {
+                Ok(metrics) => {
+                    let point = EvalPoint {
+                        step: i + 1,
+                        metrics,
+                    };
+                    ctx.point(TrainEvent::Eval(point.clone()));
+                    if point.metrics[BEST_METRIC] > best_score {
+                        best_score = point.metrics[BEST_METRIC];
+                        best_step = i + 1;
+                        best_weights = weights.snapshot()?;
+                    }
+                    evals.push(point);
+                }
+                Err(EncodeError::Cancelled) => {
+                    stop = StopReason::Cancelled { after_step: i + 1 };
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(TrainOutcome {
+        stop,
+        total_steps,
+        steps,
+        evals,
+        best_step,
+        best_weights,
+        train_triplets: train.len(),
+        val_triplets: val.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

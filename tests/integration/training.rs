@@ -1,0 +1,465 @@
+//! Fine-tuning on the tiny model: losses against sentence-transformers, gradients, loss falls,
+//! cancel, non-finite losses, saving (round trip and atomicity).
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+use tripletlab::core::data::Triplet;
+use tripletlab::core::encoder::{Encoder, EncoderOptions, PromptChoice, Prompts, Role};
+use tripletlab::core::jobs::{spawn, CancelToken, JobCtx, Outcome, Update};
+use tripletlab::core::model::save::{save_model_folder, SaveSettings};
+use tripletlab::core::model::tiny::TinySpec;
+use tripletlab::core::model::{Checkpoint, DropoutRng, Mode, ModelFolder};
+use tripletlab::core::train::{
+    self, loss, LossKind, StopReason, TrainConfig, TrainError, TrainEvent, TrainOutcome, Trainable,
+};
+
+use crate::common::{cosine, fixture, quiet, tiny_model};
+
+fn open(dir: &std::path::Path) -> (ModelFolder, Checkpoint) {
+    let folder = ModelFolder::open(dir, "tiny").unwrap();
+    let checkpoint = Checkpoint::read(&folder).unwrap();
+    (folder, checkpoint)
+}
+
+/// Small triplets whose positives share words with their query.
+fn toy_triplets(n: usize) -> Vec<Triplet> {
+    let topics = [
+        "rotor blade wind turbine",
+        "battery cathode lithium",
+        "antibody protein dose",
+        "bicycle frame carbon",
+        "wireless packet encryption",
+        "solar cell panel",
+        "engine piston valve",
+        "printer ink cartridge",
+    ];
+    (0..n)
+        .map(|i| {
+            let t = topics[i % topics.len()];
+            let other = topics[(i + 3) % topics.len()];
+            Triplet {
+                query: format!("{t} {i}"),
+                pos: format!("a device with {t} parts number {i}"),
+                negative: format!("a device with {other} parts number {i}"),
+            }
+        })
+        .collect()
+}
+
+fn config(loss: LossKind) -> TrainConfig {
+    TrainConfig {
+        loss,
+        batch_size: 8,
+        lr: 1e-3,
+        max_seq_len: 32,
+        eval_steps: Some(0),
+        prompts: PromptChoice::None,
+        ..TrainConfig::default()
+    }
+}
+
+fn run(
+    folder: &ModelFolder,
+    ck: &Checkpoint,
+    data: &[Triplet],
+    val: &[Triplet],
+    cfg: &TrainConfig,
+) -> TrainOutcome {
+    let emit = |_: Update<TrainEvent>| {};
+    train::train(
+        folder,
+        ck,
+        data,
+        val,
+        cfg,
+        &JobCtx::new(CancelToken::new(), &emit),
+    )
+    .unwrap()
+}
+
+#[test]
+fn losses_match_sentence_transformers() {
+    let f: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("losses.json")).unwrap()).unwrap();
+    let m = |k: &str| -> Tensor {
+        let rows: Vec<Vec<f32>> = serde_json::from_value(f[k].clone()).unwrap();
+        Tensor::new(rows, &Device::Cpu).unwrap()
+    };
+    let (a, p, n) = (m("anchors"), m("positives"), m("negatives"));
+    let labels: Vec<f32> = serde_json::from_value::<Vec<i64>>(f["labels"].clone())
+        .unwrap()
+        .iter()
+        .map(|&x| x as f32)
+        .collect();
+    let labels = Tensor::new(labels.as_slice(), &Device::Cpu).unwrap();
+    let s = |t: Tensor| t.to_scalar::<f32>().unwrap() as f64;
+    let cases = [
+        (
+            "mnrl_with_negatives",
+            s(loss::mnrl(&a, &p, Some(&n), 20.0).unwrap()),
+        ),
+        ("mnrl_pairs", s(loss::mnrl(&a, &p, None, 20.0).unwrap())),
+        (
+            "contrastive",
+            s(loss::contrastive(&a, &p, &labels, 0.5).unwrap()),
+        ),
+        ("triplet", s(loss::triplet(&a, &p, &n, 5.0).unwrap())),
+        (
+            "triplet_margin_1",
+            s(loss::triplet(&a, &p, &n, 1.0).unwrap()),
+        ),
+    ];
+    for (name, got) in cases {
+        let want = f[name].as_f64().unwrap();
+        assert!(
+            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+            "{name}: {got} vs sentence-transformers {want}"
+        );
+    }
+}
+
+/// Dropout that drops nothing, so forward passes are deterministic in training mode.
+struct NoDrop;
+impl DropoutRng for NoDrop {
+    fn mask(&mut self, n: usize, _p: f32) -> Vec<f32> {
+        vec![1.0; n]
+    }
+}
+
+fn mnrl_loss(enc: &Encoder, data: &[Triplet]) -> Tensor {
+    let q: Vec<&str> = data.iter().map(|t| t.query.as_str()).collect();
+    let d: Vec<&str> = data
+        .iter()
+        .flat_map(|t| [t.pos.as_str()])
+        .chain(data.iter().map(|t| t.negative.as_str()))
+        .collect();
+    let a = enc
+        .forward_train(&q, Role::Query, &mut Mode::Train(&mut NoDrop))
+        .unwrap();
+    let docs = enc
+        .forward_train(&d, Role::Document, &mut Mode::Train(&mut NoDrop))
+        .unwrap();
+    let n = data.len();
+    loss::mnrl(
+        &a,
+        &docs.narrow(0, 0, n).unwrap(),
+        Some(&docs.narrow(0, n, n).unwrap()),
+        20.0,
+    )
+    .unwrap()
+}
+
+#[test]
+fn every_weight_gets_a_gradient_and_it_matches_finite_differences() {
+    let dir = tiny_model(&TinySpec::default());
+    let (folder, ck) = open(dir.path());
+    let weights = Trainable::new(&folder, &ck).unwrap();
+    let opts = EncoderOptions {
+        max_seq_len: Some(32),
+        prompts: PromptChoice::None,
+        ..Default::default()
+    };
+    let enc = Encoder::from_model(
+        folder.clone(),
+        weights.model().unwrap(),
+        ck.weights_hash.clone(),
+        "tiny".into(),
+        &opts,
+    )
+    .unwrap();
+    let data = toy_triplets(4);
+    let loss = mnrl_loss(&enc, &data);
+    let grads = loss.backward().unwrap();
+    let vars = weights.vars();
+    assert!(vars.len() > 30);
+    for (name, v) in &vars {
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("{name} got no gradient"));
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        // The word embeddings of tokens that never occur get none; every other tensor must.
+        assert!(norm > 0.0, "{name} has a zero gradient");
+    }
+    // Central differences on a few weights of different kinds.
+    let h = 1e-2f32;
+    for (name, idx) in [
+        ("encoder.layer.0.attention.self.query.weight", 5usize),
+        ("encoder.layer.1.output.dense.bias", 3),
+        ("embeddings.LayerNorm.weight", 7),
+    ] {
+        let v = &vars.iter().find(|(n, _)| n == name).unwrap().1;
+        let analytic = grads
+            .get(v.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()[idx];
+        let original = v
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let shape = v.as_tensor().shape().clone();
+        let eval_at = |delta: f32| -> f64 {
+            let mut w = original.clone();
+            w[idx] += delta;
+            v.set(&Tensor::from_vec(w, shape.clone(), &Device::Cpu).unwrap())
+                .unwrap();
+            mnrl_loss(&enc, &data).to_scalar::<f32>().unwrap() as f64
+        };
+        let numeric = (eval_at(h) - eval_at(-h)) / (2.0 * h as f64);
+        v.set(&Tensor::from_vec(original, shape, &Device::Cpu).unwrap())
+            .unwrap();
+        let err = (numeric - analytic as f64).abs();
+        assert!(
+            err <= 2e-2 * numeric.abs().max(0.05),
+            "{name}[{idx}]: analytic {analytic} vs numeric {numeric}"
+        );
+    }
+}
+
+#[test]
+fn loss_falls_for_every_loss_kind() {
+    let dir = tiny_model(&TinySpec::default());
+    let (folder, ck) = open(dir.path());
+    let data = toy_triplets(48);
+    let val = toy_triplets(8);
+    for kind in [LossKind::Mnrl, LossKind::Contrastive, LossKind::Triplet] {
+        let cfg = TrainConfig {
+            epochs: 6,
+            ..config(kind)
+        };
+        let out = run(&folder, &ck, &data, &val, &cfg);
+        assert_eq!(out.stop, StopReason::Completed);
+        let losses: Vec<f64> = out.steps.iter().map(|s| s.loss).collect();
+        assert!(losses.len() >= 30, "{kind:?}: only {} steps", losses.len());
+        let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
+        let (first, last) = (mean(&losses[..6]), mean(&losses[losses.len() - 6..]));
+        // On unit vectors the triplet loss cannot go below margin − 2 = 3 (distances are ≤ 2).
+        let floor = if kind == LossKind::Triplet { 3.0 } else { 0.0 };
+        assert!(
+            last - floor < 0.7 * (first - floor),
+            "{kind:?}: loss did not fall: first {first:.4}, last {last:.4}: {losses:?}"
+        );
+        assert_eq!(out.evals.len(), 2, "zero-shot and final validation");
+        assert!(out
+            .steps
+            .iter()
+            .all(|s| s.grad_norm.is_finite() && s.lr >= 0.0));
+    }
+}
+
+#[test]
+fn cancel_takes_effect_at_the_next_step_and_keeps_the_best_weights() {
+    let dir = tiny_model(&TinySpec::default());
+    let (folder, ck) = open(dir.path());
+    let data = toy_triplets(400);
+    let val = toy_triplets(8);
+    let cfg = TrainConfig {
+        batch_size: 4,
+        ..config(LossKind::Mnrl)
+    };
+    let handle = spawn::<TrainEvent, TrainOutcome, TrainError, _>(
+        "train",
+        || {},
+        move |ctx| train::train(&folder, &ck, &data, &val, &cfg, ctx),
+    )
+    .unwrap();
+    let mut steps_at_cancel = None;
+    let cancel =
+        |h: &tripletlab::core::jobs::JobHandle<TrainEvent, TrainOutcome, TrainError>| h.cancel();
+    let mut handle = handle;
+    let outcome = loop {
+        let mut done = None;
+        for ev in handle.drain() {
+            match ev {
+                tripletlab::core::jobs::JobEvent::Update(Update::Point(TrainEvent::Step(s)))
+                    if steps_at_cancel.is_none() && s.step >= 2 =>
+                {
+                    cancel(&handle);
+                    steps_at_cancel = Some(s.step);
+                }
+                tripletlab::core::jobs::JobEvent::Done(o) => done = Some(o),
+                _ => {}
+            }
+        }
+        if let Some(o) = done {
+            break o;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    let outcome = match outcome {
+        Outcome::Finished(Ok(o)) => o,
+        other => panic!("{other:?}"),
+    };
+    let at = steps_at_cancel.unwrap();
+    match outcome.stop {
+        StopReason::Cancelled { after_step } => assert!(
+            after_step <= at + 1,
+            "ran {after_step} steps after a cancel at {at}"
+        ),
+        other => panic!("expected a cancel, got {other:?}"),
+    }
+    assert!(outcome.total_steps > 90);
+    assert!(!outcome.best_weights.is_empty());
+}
+
+#[test]
+fn a_non_finite_loss_stops_cleanly() {
+    let dir = tiny_model(&TinySpec::default());
+    let (folder, ck) = open(dir.path());
+    let data = toy_triplets(64);
+    // An absurd learning rate blows the weights up after the first update.
+    let cfg = TrainConfig {
+        lr: 1e30,
+        warmup_ratio: 0.0,
+        max_grad_norm: 1e30,
+        ..config(LossKind::Triplet)
+    };
+    let out = run(&folder, &ck, &data, &toy_triplets(8), &cfg);
+    match out.stop {
+        StopReason::NonFiniteLoss { step } => assert!(step >= 2 && step <= out.total_steps),
+        other => panic!("expected a non-finite loss, got {other:?}"),
+    }
+    assert_eq!(out.best_step, 0, "the zero-shot weights stay the best");
+    for t in out.best_weights.values() {
+        let s = t
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(s.is_finite());
+    }
+}
+
+fn settings() -> SaveSettings {
+    SaveSettings {
+        max_seq_length: 48,
+        prompts: Prompts::none(),
+        model_card: "# test\n".into(),
+    }
+}
+
+#[test]
+fn saved_folder_reloads_with_the_same_embeddings_and_tensor_names() {
+    let dir = tiny_model(&TinySpec::default());
+    let (folder, ck) = open(dir.path());
+    // Weights that differ from the checkpoint's: every tensor scaled a little, differently.
+    let weights: HashMap<String, Tensor> = Trainable::new(&folder, &ck)
+        .unwrap()
+        .snapshot()
+        .unwrap()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (k, t))| (k, (t * (1.0 + 0.05 * ((i % 5) as f64 - 2.0))).unwrap()))
+        .collect();
+    let target = tempfile::tempdir().unwrap();
+    let saved = target.path().join("model");
+    save_model_folder(&saved, &folder, &ck, &weights, &settings(), &mut |_| {}).unwrap();
+
+    let reloaded = ModelFolder::open(&saved, "saved").unwrap();
+    let ck2 = Checkpoint::read(&reloaded).unwrap();
+    let mut names: Vec<_> = ck
+        .tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.dims().to_vec(), t.dtype()))
+        .collect();
+    let mut names2: Vec<_> = ck2
+        .tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.dims().to_vec(), t.dtype()))
+        .collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    names2.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(names, names2);
+    assert_eq!(reloaded.sentence.max_seq_length, Some(48));
+    assert_eq!(reloaded.sentence.pooling, folder.sentence.pooling);
+    assert!(reloaded.sentence.normalize);
+
+    // In memory: the trained weights in a model built from them.
+    let weights_var = Trainable::new(&folder, &ck).unwrap();
+    weights_var.restore(&weights).unwrap();
+    let opts = EncoderOptions {
+        max_seq_len: Some(48),
+        prompts: PromptChoice::None,
+        ..Default::default()
+    };
+    let mem = Encoder::from_model(
+        folder.clone(),
+        weights_var.model().unwrap(),
+        "x".into(),
+        "mem".into(),
+        &opts,
+    )
+    .unwrap();
+    let disk = crate::common::encoder(&saved, &opts);
+    let texts = [
+        "rotor blade wind turbine",
+        "a device with battery cathode lithium parts",
+    ];
+    let (a, _) = quiet(|ctx| mem.encode(&texts, Role::Document, ctx)).unwrap();
+    let (b, _) = quiet(|ctx| disk.encode(&texts, Role::Document, ctx)).unwrap();
+    let (orig, _) =
+        quiet(|ctx| crate::common::encoder(dir.path(), &opts).encode(&texts, Role::Document, ctx))
+            .unwrap();
+    for i in 0..texts.len() {
+        assert!(cosine(a.row(i), b.row(i)) >= 0.99999);
+        assert!(
+            cosine(a.row(i), orig.row(i)) < 0.99999,
+            "training changed nothing"
+        );
+    }
+}
+
+#[test]
+fn an_interrupted_save_leaves_no_half_folder() {
+    let dir = tiny_model(&TinySpec::default());
+    let (folder, ck) = open(dir.path());
+    let target = tempfile::tempdir().unwrap();
+    let saved = target.path().join("model");
+    let weights: HashMap<String, Tensor> = HashMap::new();
+    for crash_after in [1usize, 3, 6] {
+        let mut written = 0;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            save_model_folder(&saved, &folder, &ck, &weights, &settings(), &mut |_| {
+                written += 1;
+                if written == crash_after {
+                    panic!("simulated crash");
+                }
+            })
+        }));
+        assert!(r.is_err());
+        assert!(
+            !saved.exists(),
+            "a crash after {crash_after} files left {}",
+            saved.display()
+        );
+    }
+    // With a previous model at the target, a crash leaves the previous one whole.
+    save_model_folder(&saved, &folder, &ck, &weights, &settings(), &mut |_| {}).unwrap();
+    let before = std::fs::read(saved.join("model.safetensors")).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        save_model_folder(&saved, &folder, &ck, &weights, &settings(), &mut |p| {
+            if p.ends_with("config.json") {
+                panic!("simulated crash");
+            }
+        })
+    }));
+    assert!(r.is_err());
+    assert_eq!(
+        std::fs::read(saved.join("model.safetensors")).unwrap(),
+        before
+    );
+    ModelFolder::open(&saved, "old").unwrap();
+}
