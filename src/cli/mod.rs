@@ -18,14 +18,16 @@ use crate::core::train::LossKind;
 #[derive(Debug, Parser)]
 #[command(name = "tripletlab", version, about)]
 pub struct Cli {
-    /// What to do.
+    /// What to do (no subcommand: open the desktop app).
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Open the desktop app (the default).
+    Gui(GuiArgs),
     /// Embed every query, positive and negative of a triplet file into a float32 .npy
     /// (rows: all queries, then all positives, then all negatives, in file order).
     Embed(EmbedArgs),
@@ -169,9 +171,55 @@ fn parse_loss(s: &str) -> Result<LossKind, String> {
     }
 }
 
+/// `tripletlab gui`.
+#[derive(Debug, Args, Default)]
+pub struct GuiArgs {
+    /// Triplet file to open [default: the bundled sample].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Model (hub id or folder) [default: the last one used, else intfloat/e5-small-v2].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Embed as soon as the file is loaded.
+    #[arg(long)]
+    pub embed: bool,
+    /// Start fine-tuning once the first embedding is done (implies --embed).
+    #[arg(long)]
+    pub fine_tune: bool,
+    /// Compare with this fine-tuned model folder once the first embedding is done (implies --embed).
+    #[arg(long)]
+    pub compare_with: Option<PathBuf>,
+    /// Panel to show: data, metrics, heatmap, fine-tune, compare, inspect.
+    #[arg(long, value_parser = parse_tab)]
+    pub tab: Option<crate::gui::Tab>,
+    /// Triplet to select in the inspector.
+    #[arg(long)]
+    pub inspect: Option<usize>,
+    /// Folder to save fine-tuned models to.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+fn parse_tab(s: &str) -> Result<crate::gui::Tab, String> {
+    crate::gui::Tab::ALL
+        .into_iter()
+        .find(|t| t.label().eq_ignore_ascii_case(s))
+        .ok_or_else(|| format!("unknown panel `{s}`"))
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+    match cli.command.unwrap_or(Command::Gui(GuiArgs::default())) {
+        Command::Gui(args) => crate::gui::run(crate::gui::AppOptions {
+            data: args.data,
+            model: args.model,
+            embed_on_start: args.embed || args.fine_tune || args.compare_with.is_some(),
+            fine_tune_on_start: args.fine_tune,
+            compare_with: args.compare_with,
+            tab: args.tab,
+            inspect: args.inspect,
+            fine_tune_out: args.out,
+        }),
         Command::Embed(args) => eval::embed(&args),
         Command::Eval(args) => eval::eval(&args),
         Command::Finetune(args) => finetune::finetune(&args),

@@ -8,5 +8,6 @@ pub mod encoder;
 pub mod jobs;
 pub mod metrics;
 pub mod model;
+pub mod pipeline;
 pub mod report;
 pub mod train;

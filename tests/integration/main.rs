@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod data_files;
+mod gui;
 mod layering;
 mod metrics_reference;
 mod model_folders;

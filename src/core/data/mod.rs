@@ -3,9 +3,11 @@
 
 mod load;
 mod report;
+mod stats;
 
-pub use load::{load_triplets, parse_triplets};
+pub use load::{load_triplets, parse_triplets, MAX_FILE_BYTES};
 pub use report::{QualityWarning, RowProblem, SkippedRow, ValidationReport};
+pub use stats::{DataStats, LengthStats};
 
 use std::path::PathBuf;
 

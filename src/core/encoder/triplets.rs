@@ -146,7 +146,6 @@ fn embed_role(
                 "could not write the embedding cache in {} ({e}); this run is not cached",
                 cache.root().display()
             );
-            ctx.warn(msg.clone());
             warnings.push(msg);
         }
     }

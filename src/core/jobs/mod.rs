@@ -20,6 +20,11 @@ impl CancelToken {
     pub fn cancel(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
+    /// Clears the flag: a job that honoured a cancel of one stage (training) and goes on with the
+    /// next (saving and embedding what it has) calls this, so a second cancel stops that stage.
+    pub fn reset(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
     /// True once [`Self::cancel`] was called.
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Relaxed)

@@ -5,8 +5,10 @@
 //! (block × documents), never documents².
 
 mod index;
+mod views;
 
 pub use index::RetrievalIndex;
+pub use views::{flip_counts, histogram, outranking, similarity_window, Flip};
 
 use std::collections::BTreeMap;
 

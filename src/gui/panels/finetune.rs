@@ -1,0 +1,193 @@
+//! The fine-tune panel: settings, Fine-tune / Stop, progress with ETA, and live curves on one
+//! step axis: raw and smoothed loss, learning rate, validation metrics.
+
+use eframe::egui::{self, Color32};
+use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
+
+use super::super::app::{App, Command, DialogTarget, JobKind};
+use super::super::plots::debiased_ema;
+use crate::core::train::LossKind;
+
+/// Validation metrics drawn on the curve.
+const VAL_KEYS: [&str; 3] = ["cosine_ndcg@10", "cosine_accuracy@1", "cosine_accuracy"];
+
+/// Draws the panel.
+pub fn show(app: &mut App, ui: &mut egui::Ui) {
+    ui.heading("Fine-tune");
+    if app.dataset.is_none() {
+        super::needs_embedding(app, ui);
+        return;
+    }
+    let running = app.is_running(JobKind::FineTune);
+    ui.add_enabled_ui(!running, |ui| settings(app, ui));
+    ui.horizontal(|ui| {
+        if running {
+            if ui.button("Stop").clicked() {
+                app.commands.push(Command::Cancel(JobKind::FineTune));
+            }
+        } else if ui.button("Start fine-tuning").clicked() {
+            app.commands.push(Command::StartFineTune);
+        }
+        if let Some(p) = &app.train_log.progress {
+            super::progress_bar(ui, p);
+        } else if running {
+            ui.label("Preparing...");
+        }
+    });
+    if let Some(msg) = &app.train_log.finished {
+        ui.label(msg);
+    }
+    curves(app, ui);
+}
+
+fn settings(app: &mut App, ui: &mut egui::Ui) {
+    let default_out = app.default_output_dir();
+    let t = &mut app.settings.train;
+    egui::Grid::new("train_settings")
+        .num_columns(2)
+        .show(ui, |ui| {
+            ui.label("Loss");
+            egui::ComboBox::from_id_salt("loss")
+                .selected_text(loss_name(t.loss))
+                .show_ui(ui, |ui| {
+                    for l in [LossKind::Mnrl, LossKind::Contrastive, LossKind::Triplet] {
+                        ui.selectable_value(&mut t.loss, l, loss_name(l));
+                    }
+                });
+            ui.end_row();
+            let l = ui.label("Epochs");
+            ui.add(egui::DragValue::new(&mut t.epochs).range(1..=100))
+                .labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Training batch size");
+            ui.add(egui::DragValue::new(&mut t.batch_size).range(2..=256))
+                .labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Learning rate");
+            ui.add(
+                egui::DragValue::new(&mut t.lr)
+                    .range(1e-7..=1e-2)
+                    .speed(1e-6)
+                    .custom_formatter(|v, _| format!("{v:.1e}")),
+            )
+            .labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Validation share of queries");
+            ui.add(egui::Slider::new(&mut t.val_split, 0.05..=0.5))
+                .labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Save to");
+            ui.horizontal(|ui| {
+                let hint = default_out
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                ui.add(
+                    egui::TextEdit::singleline(&mut t.out_dir)
+                        .hint_text(hint)
+                        .desired_width(320.0),
+                )
+                .labelled_by(l.id);
+                if ui.button("Browse output folder...").clicked() {
+                    app.commands
+                        .push(Command::Browse(DialogTarget::OutputFolder));
+                }
+            });
+            ui.end_row();
+        });
+}
+
+fn loss_name(l: LossKind) -> &'static str {
+    match l {
+        LossKind::Mnrl => "MultipleNegativesRanking (mnrl)",
+        LossKind::Contrastive => "Contrastive (the notebook's)",
+        LossKind::Triplet => "Triplet (Euclidean, margin 5)",
+    }
+}
+
+fn curves(app: &mut App, ui: &mut egui::Ui) {
+    let log = &app.train_log;
+    if log.steps.is_empty() && log.evals.is_empty() {
+        ui.weak("Curves appear here while training runs.");
+        return;
+    }
+    ui.horizontal(|ui| {
+        let l = ui.label("Smoothing");
+        ui.add(egui::Slider::new(&mut app.settings.smoothing, 0.0..=0.99))
+            .labelled_by(l.id);
+        if let Some(s) = app.train_log.steps.last() {
+            ui.label(format!(
+                "step {}/{}: loss {:.4}, lr {:.2e}, grad norm {:.3}, {:.1} texts/s",
+                s.step, app.train_log.total_steps, s.loss, s.lr, s.grad_norm, s.texts_per_sec
+            ));
+        }
+    });
+    let log = &app.train_log;
+    let x_max = log.total_steps.max(1) as f64;
+    let link = ui.scope_id().with("train_x");
+    let height = ((ui.available_height() - 20.0) / 3.0).max(120.0);
+    let losses: Vec<f64> = log.steps.iter().map(|s| s.loss).collect();
+    let smooth = debiased_ema(&losses, app.settings.smoothing);
+    Plot::new("loss")
+        .height(height)
+        .legend(Legend::default())
+        .link_axis(link, [true, false])
+        .include_x(0.0)
+        .include_x(x_max)
+        .include_y(0.0)
+        .y_axis_label("loss")
+        .show(ui, |plot| {
+            let raw: PlotPoints = log.steps.iter().map(|s| [s.step as f64, s.loss]).collect();
+            plot.line(
+                Line::new("loss", raw).color(Color32::from_rgb(120, 160, 230).gamma_multiply(0.5)),
+            );
+            let sm: PlotPoints = log
+                .steps
+                .iter()
+                .zip(&smooth)
+                .map(|(s, v)| [s.step as f64, *v])
+                .collect();
+            plot.line(
+                Line::new("smoothed", sm)
+                    .color(Color32::from_rgb(40, 90, 200))
+                    .width(2.0),
+            );
+        });
+    Plot::new("lr")
+        .height(height * 0.6)
+        .link_axis(link, [true, false])
+        .include_x(0.0)
+        .include_x(x_max)
+        .include_y(0.0)
+        .y_axis_label("learning rate")
+        .show(ui, |plot| {
+            let pts: PlotPoints = log.steps.iter().map(|s| [s.step as f64, s.lr]).collect();
+            plot.line(Line::new("learning rate", pts).color(Color32::from_rgb(200, 120, 40)));
+        });
+    Plot::new("validation")
+        .height(height)
+        .legend(Legend::default())
+        .link_axis(link, [true, false])
+        .include_x(0.0)
+        .include_x(x_max)
+        .x_axis_label("step")
+        .y_axis_label("validation")
+        .show(ui, |plot| {
+            for (key, color) in VAL_KEYS.iter().zip([
+                Color32::from_rgb(40, 160, 90),
+                Color32::from_rgb(160, 60, 160),
+                Color32::from_rgb(200, 80, 60),
+            ]) {
+                let pts: Vec<[f64; 2]> = log
+                    .evals
+                    .iter()
+                    .filter_map(|e| e.metrics.get(*key).map(|v| [e.step as f64, *v]))
+                    .collect();
+                plot.line(Line::new(*key, PlotPoints::from(pts.clone())).color(color));
+                plot.points(
+                    Points::new(*key, PlotPoints::from(pts))
+                        .color(color)
+                        .radius(3.0),
+                );
+            }
+        });
+}

@@ -1,0 +1,233 @@
+//! GUI flows on the real `App` with the tiny model, driven by egui_kittest: open, embed, metrics,
+//! fine-tune with live loss points and Stop, compare, inspector, heatmap, and a bad file.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use eframe::egui;
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use tripletlab::core::model::tiny::TinySpec;
+use tripletlab::gui::plots::{colormap, heatmap_image};
+use tripletlab::gui::{App, AppOptions, Command, Tab};
+
+use crate::common::{dev_triplets, tiny_model};
+
+struct Fixture {
+    _model: tempfile::TempDir,
+    model: PathBuf,
+    work: tempfile::TempDir,
+    data: PathBuf,
+}
+
+fn fixture(n: usize) -> Fixture {
+    let model = tiny_model(&TinySpec::default());
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("triplets.json");
+    std::fs::write(&data, serde_json::to_string(&dev_triplets(n)).unwrap()).unwrap();
+    let path = model.path().to_path_buf();
+    Fixture {
+        _model: model,
+        model: path,
+        work,
+        data,
+    }
+}
+
+fn harness(f: &Fixture) -> Harness<'static, App> {
+    let options = AppOptions {
+        data: Some(f.data.clone()),
+        model: Some(f.model.display().to_string()),
+        ..Default::default()
+    };
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1400.0, 900.0))
+        .build_eframe(move |cc| App::new(cc, options));
+    h.state_mut().settings.use_cache = false;
+    h
+}
+
+/// Steps frames until `done` holds (or fails after a minute).
+fn step_until(h: &mut Harness<'static, App>, what: &str, done: impl Fn(&App) -> bool) {
+    let start = Instant::now();
+    while !done(h.state()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "timed out waiting for {what}"
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.step();
+}
+
+fn loaded_and_embedded(f: &Fixture) -> Harness<'static, App> {
+    let mut h = harness(f);
+    step_until(&mut h, "the file to load", |a| a.dataset.is_some());
+    h.get_by_label("Embed").click();
+    step_until(&mut h, "embedding", |a| a.zero_shot.is_some());
+    h
+}
+
+#[test]
+fn embed_fills_the_metrics_table_with_the_core_values() {
+    let f = fixture(40);
+    let mut h = loaded_and_embedded(&f);
+    assert_eq!(h.state().tab, Tab::Metrics);
+    let expected = {
+        let opts = h.state().settings.encoder_options();
+        let src = tripletlab::core::model::ModelSource::Dir(f.model.clone());
+        crate::common::quiet(|ctx| {
+            tripletlab::core::pipeline::evaluate_model(&src, &opts, &dev_triplets(40), None, ctx)
+        })
+        .unwrap()
+    };
+    let got = &h.state().zero_shot.as_ref().unwrap().result.metrics;
+    assert_eq!(got, &expected.result.metrics);
+    h.step();
+    assert!(h.query_by_label("share of triplets ranked right").is_some());
+    for key in ["cosine_accuracy", "cosine_ndcg@10", "neg_in_top_5"] {
+        let text = format!("{:.4}", expected.result.metrics[key]);
+        assert!(
+            h.query_all_by_label(&text).next().is_some(),
+            "the table does not show {key} = {text}"
+        );
+    }
+}
+
+#[test]
+fn fine_tune_streams_loss_points_stop_works_and_compare_shows_deltas_and_flips() {
+    let f = fixture(40);
+    let mut h = loaded_and_embedded(&f);
+    let out = f.work.path().join("ft-model");
+    {
+        let s = &mut h.state_mut().settings.train;
+        s.epochs = 200;
+        s.batch_size = 4;
+        s.lr = 1e-3;
+        s.out_dir = out.display().to_string();
+    }
+    h.get_by_label("Fine-tune").click();
+    h.step();
+    h.step();
+    h.get_by_label("Start fine-tuning").click();
+    step_until(&mut h, "the first loss points", |a| {
+        a.train_log.steps.len() >= 3
+    });
+    h.get_by_label("Stop").click();
+    step_until(&mut h, "the stop", |a| {
+        a.fine_tuned.is_some()
+            || a.train_log
+                .finished
+                .as_deref()
+                .is_some_and(|m| m.starts_with("Failed"))
+    });
+    let app = h.state();
+    let done = app.train_log.steps.len();
+    assert!(
+        done < app.train_log.total_steps,
+        "Stop did not stop ({done} of {} steps)",
+        app.train_log.total_steps
+    );
+    let msg = app.train_log.finished.clone().unwrap();
+    assert!(msg.contains("stopped after step"), "{msg}");
+    assert!(out.join("model.safetensors").is_file());
+
+    h.get_by_label("Compare").click();
+    h.step();
+    h.step();
+    for flip in ["fixed", "broken", "still wrong", "still right"] {
+        assert!(h.query_by_label(flip).is_some(), "no {flip} row");
+    }
+    let app = h.state();
+    let (b, a) = (
+        app.zero_shot.as_ref().unwrap(),
+        app.fine_tuned.as_ref().unwrap(),
+    );
+    let delta = a.result.metrics["cosine_ndcg@10"] - b.result.metrics["cosine_ndcg@10"];
+    let text = format!("{delta:+.4}");
+    assert!(
+        h.query_all_by_label(&text).next().is_some(),
+        "no delta {text}"
+    );
+}
+
+#[test]
+fn inspector_lists_a_misranked_triplet_and_what_outranks_it() {
+    let f = fixture(60);
+    let mut h = loaded_and_embedded(&f);
+    let (wrong, rank) = {
+        let r = &h.state().zero_shot.as_ref().unwrap().result;
+        let i = (0..r.n_triplets)
+            .find(|&i| r.per_triplet[i].rank_pos > 1 && !r.per_triplet[i].is_correct())
+            .expect("a mis-ranked triplet");
+        (i, r.per_triplet[i].rank_pos)
+    };
+    h.state_mut().inspector.wrong_only = true;
+    h.state_mut().commands.push(Command::ShowTab(Tab::Inspect));
+    h.step();
+    h.step();
+    h.get_by_label(&format!("wrong #{wrong}")).click();
+    h.step();
+    h.step();
+    assert_eq!(h.state().inspector.selected, Some(wrong));
+    assert!(h
+        .query_by_label("Documents ranked above the positive (zero-shot)")
+        .is_some());
+    let listed = &h.state().inspector.outranking[0].1;
+    assert_eq!(
+        listed.len(),
+        (rank - 1).min(20),
+        "outranking documents listed"
+    );
+    assert!(h
+        .query_by_label_contains(&format!("{:.4}", listed[0].1))
+        .is_some());
+}
+
+#[test]
+fn heatmap_colours_match_the_values_and_only_the_window_is_computed() {
+    let f = fixture(60);
+    let mut h = loaded_and_embedded(&f);
+    h.state_mut().commands.push(Command::ShowTab(Tab::Heatmap));
+    h.step();
+    h.step();
+    assert_eq!(h.state().heatmap.windows_computed, 1);
+    let entry = h.state().heatmap.cache.last().unwrap();
+    assert_eq!((entry.rows, entry.cols), (50, 50));
+    // The window is the cosine matrix of documents pos0, neg0, pos1, ... : check against the core.
+    let eval = h.state().zero_shot.clone().unwrap();
+    let d = &eval.embeddings;
+    let cos = |a: &[f32], b: &[f32]| crate::common::cosine(a, b) as f32;
+    assert!((entry.values[1] - cos(d.positives.row(0), d.negatives.row(0))).abs() < 1e-5);
+    assert!((entry.values[50 * 3 + 2] - cos(d.negatives.row(1), d.positives.row(1))).abs() < 1e-5);
+    let (lo, hi) = entry.scale;
+    let image = heatmap_image(&entry.values, 50, 50, lo, hi);
+    for (k, v) in entry.values.iter().enumerate().step_by(37) {
+        assert_eq!(image.pixels[k], colormap((v - lo) / (hi - lo)), "cell {k}");
+    }
+    // Moving the window computes that window only, once.
+    h.state_mut().heatmap.row0 = 50;
+    for _ in 0..5 {
+        h.step();
+    }
+    assert_eq!(h.state().heatmap.windows_computed, 2);
+    assert_eq!(h.state().heatmap.cache.last().unwrap().key.2, 50);
+}
+
+#[test]
+fn a_bad_file_shows_its_error() {
+    let f = fixture(5);
+    let mut h = harness(&f);
+    step_until(&mut h, "the file to load", |a| a.dataset.is_some());
+    let bad = f.work.path().join("bad.json");
+    std::fs::write(&bad, "[{\"query\": \"q\",\n \"pos\": ]").unwrap();
+    h.state_mut().commands.push(Command::OpenFile(bad.clone()));
+    h.step();
+    step_until(&mut h, "the error", |a| !a.notifications.is_empty());
+    let text = h.state().notifications.last().unwrap().text.clone();
+    assert!(text.contains("bad.json:2:"), "{text}");
+    assert!(h.query_by_label_contains("bad.json:2:").is_some());
+    // The previous file stays open.
+    assert_eq!(h.state().dataset.as_ref().unwrap().path, f.data);
+}
