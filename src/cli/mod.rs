@@ -1,5 +1,6 @@
 //! The command line: each subcommand parses its flags and calls into `core`.
 
+mod bench;
 mod eval;
 mod finetune;
 mod progress;
@@ -36,6 +37,44 @@ pub enum Command {
     /// Fine-tune a model on triplets, validate as it trains, and save the best checkpoint as a
     /// sentence-transformers folder.
     Finetune(FinetuneArgs),
+    /// Measure embedding throughput, fine-tuning step time, metric time, cached open to first
+    /// heatmap, and peak memory.
+    Bench(BenchArgs),
+}
+
+/// `tripletlab bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Triplet file.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Model folder or hub id.
+    #[arg(long)]
+    pub model: String,
+    /// Texts per batch for embedding.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Tokens per text for embedding.
+    #[arg(long, default_value_t = 256)]
+    pub max_seq_len: usize,
+    /// Timed embedding repetitions.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Embed only the first N texts (queries, positives, negatives interleaved).
+    #[arg(long)]
+    pub embed_limit: Option<usize>,
+    /// Fine-tuning steps to time (0 skips).
+    #[arg(long, default_value_t = 5)]
+    pub train_steps: usize,
+    /// Skip the embedding measurement.
+    #[arg(long)]
+    pub skip_embed: bool,
+    /// Skip the cached-open, metrics and heatmap measurement.
+    #[arg(long)]
+    pub skip_cached: bool,
+    /// Write the figures as JSON here (else to stdout).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// Model and encoding options shared by every command that embeds.
@@ -223,6 +262,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Embed(args) => eval::embed(&args),
         Command::Eval(args) => eval::eval(&args),
         Command::Finetune(args) => finetune::finetune(&args),
+        Command::Bench(args) => bench::bench(&args),
     }
 }
 

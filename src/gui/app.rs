@@ -396,6 +396,7 @@ pub struct App {
     embed_on_load: bool,
     after_first_embed: Vec<Command>,
     start_tab: Option<Tab>,
+    pending_inspect: Option<usize>,
     ctx: egui::Context,
 }
 
@@ -426,9 +427,7 @@ impl App {
         if options.fine_tune_on_start {
             app.after_first_embed.push(Command::StartFineTune);
         }
-        if let Some(i) = options.inspect {
-            app.inspector.selected = Some(i);
-        }
+        app.pending_inspect = options.inspect;
         let data = options.data.unwrap_or_else(bundled_sample);
         app.commands.push(Command::OpenFile(data));
         app
@@ -467,6 +466,7 @@ impl App {
             embed_on_load: false,
             after_first_embed: Vec::new(),
             start_tab: None,
+            pending_inspect: None,
             ctx,
         }
     }
@@ -710,7 +710,10 @@ impl App {
         self.heatmap.cache.clear();
         self.heatmap.row0 = 0;
         self.heatmap.col0 = 0;
-        self.inspector = InspectorState::default();
+        self.inspector = InspectorState {
+            selected: self.pending_inspect.take(),
+            ..Default::default()
+        };
         self.tab = Tab::Data;
         if std::mem::take(&mut self.embed_on_load) {
             self.commands.push(Command::StartEmbed);

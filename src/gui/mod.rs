@@ -5,7 +5,7 @@ mod app;
 mod panels;
 pub mod plots;
 
-pub use app::{App, AppOptions, Command, Tab};
+pub use app::{App, AppOptions, Command, JobKind, Tab};
 
 /// Opens the window and runs until it is closed.
 pub fn run(options: AppOptions) -> anyhow::Result<()> {

@@ -231,3 +231,44 @@ fn a_bad_file_shows_its_error() {
     // The previous file stays open.
     assert_eq!(h.state().dataset.as_ref().unwrap().path, f.data);
 }
+
+#[test]
+fn the_bad_input_corpus_shows_its_errors_in_the_app() {
+    let f = fixture(5);
+    let mut h = harness(&f);
+    step_until(&mut h, "the file to load", |a| a.dataset.is_some());
+    let expected: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(
+        &std::fs::read(crate::common::fixture("bad/expected.json")).unwrap(),
+    )
+    .unwrap();
+    for (name, expect) in expected {
+        let path = crate::common::fixture(&format!("bad/{name}"));
+        h.state_mut().notifications.clear();
+        h.state_mut().commands.push(Command::OpenFile(path.clone()));
+        h.step();
+        step_until(&mut h, "the load", |a| {
+            !a.is_running(tripletlab::gui::JobKind::Load)
+        });
+        let app = h.state();
+        match expect.get("error") {
+            Some(needles) => {
+                let text = &app
+                    .notifications
+                    .last()
+                    .unwrap_or_else(|| panic!("{name}: no notification"))
+                    .text;
+                for n in needles.as_array().unwrap() {
+                    assert!(
+                        text.contains(n.as_str().unwrap()),
+                        "{name}: {text:?} lacks {n}"
+                    );
+                }
+            }
+            None => {
+                let d = app.dataset.as_ref().unwrap();
+                assert_eq!(d.path, path, "{name} was not opened");
+                assert_eq!(d.len() as u64, expect["loaded"].as_u64().unwrap(), "{name}");
+            }
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! Integration tests: one binary (candle links once) with a module per area.
 
+mod bad_inputs;
 mod cli;
 mod common;
 mod data_files;

@@ -88,6 +88,42 @@ pub struct TokenCount {
     pub truncated: bool,
 }
 
+/// Cuts a post-processed single-sequence encoding to `max_len` tokens, keeping every special token
+/// (e.g. `[CLS]` and `[SEP]`) and the first content tokens, as the tokenizer's own truncation does.
+fn truncate(ids: &[u32], type_ids: &[u32], special: &[u32], max_len: usize) -> Tokenized {
+    let count = TokenCount {
+        tokens: ids.len(),
+        truncated: ids.len() > max_len,
+    };
+    if !count.truncated {
+        return Tokenized {
+            ids: ids.to_vec(),
+            type_ids: type_ids.to_vec(),
+            count,
+        };
+    }
+    let n_special = special.iter().filter(|&&m| m != 0).count();
+    let mut keep_content = max_len.saturating_sub(n_special);
+    let (mut kept_ids, mut kept_types) = (Vec::with_capacity(max_len), Vec::with_capacity(max_len));
+    for (i, &id) in ids.iter().enumerate() {
+        let is_special = special.get(i).is_some_and(|&m| m != 0);
+        if is_special || keep_content > 0 {
+            if !is_special {
+                keep_content -= 1;
+            }
+            kept_ids.push(id);
+            kept_types.push(type_ids.get(i).copied().unwrap_or(0));
+        }
+    }
+    kept_ids.truncate(max_len);
+    kept_types.truncate(max_len);
+    Tokenized {
+        ids: kept_ids,
+        type_ids: kept_types,
+        count,
+    }
+}
+
 /// Token ids of one text, truncated.
 struct Tokenized {
     ids: Vec<u32>,
@@ -190,13 +226,11 @@ impl Encoder {
         let mut tokenizer =
             Tokenizer::from_file(&folder.tokenizer_path).map_err(|e| tok_err(e.to_string()))?;
         // tokenizer.json may carry its own fixed padding and truncation (all-MiniLM-L6-v2 has
-        // 128): sentence-transformers ignores them, so do we.
+        // 128): sentence-transformers ignores them, so do we. We truncate ourselves, after
+        // counting the full length (the tokenizer's overflow does not give it reliably).
         tokenizer.with_padding(None);
         tokenizer
-            .with_truncation(Some(tokenizers::TruncationParams {
-                max_length: max_seq_len,
-                ..Default::default()
-            }))
+            .with_truncation(None)
             .map_err(|e| tok_err(e.to_string()))?;
         let pad_id = tokenizer
             .token_to_id("[PAD]")
@@ -245,7 +279,7 @@ impl Encoder {
     /// A hash of every setting that changes a vector besides the text itself.
     pub fn settings_key(&self, role: Role) -> [u8; 32] {
         let mut h = blake3::Hasher::new();
-        h.update(b"tripletlab-embedding-v1\0");
+        h.update(b"tripletlab-embedding-v2\0");
         h.update(self.weights_hash.as_bytes());
         h.update(&[0]);
         h.update(self.pooling.name().as_bytes());
@@ -275,22 +309,12 @@ impl Encoder {
                 .encode_batch(inputs, true)
                 .map_err(|e| EncodeError::Tokenize(e.to_string()))?;
             for enc in encodings {
-                let content = |e: &tokenizers::Encoding| {
-                    e.get_special_tokens_mask()
-                        .iter()
-                        .filter(|&&m| m == 0)
-                        .count()
-                };
-                let overflow: usize = enc.get_overflowing().iter().map(content).sum();
-                let count = TokenCount {
-                    tokens: enc.len() + overflow,
-                    truncated: overflow > 0,
-                };
-                out.push(Tokenized {
-                    ids: enc.get_ids().to_vec(),
-                    type_ids: enc.get_type_ids().to_vec(),
-                    count,
-                });
+                out.push(truncate(
+                    enc.get_ids(),
+                    enc.get_type_ids(),
+                    enc.get_special_tokens_mask(),
+                    self.max_seq_len,
+                ));
             }
             ctx.progress(clock.at(out.len()));
         }

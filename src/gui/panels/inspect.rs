@@ -153,7 +153,7 @@ fn table(
                         }
                         ui.label(format!("margin {:+.3}", s.margin));
                         ui.label(format!("pos rank {}", s.rank_pos));
-                        ui.label(super::preview(&data.triplets[i].query, 60));
+                        ui.label(super::preview(&data.triplets[i].query, 48));
                         ui.end_row();
                     }
                 });

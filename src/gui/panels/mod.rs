@@ -118,8 +118,10 @@ pub(crate) fn labelled_drag<N: egui::emath::Numeric>(
 /// A progress bar with rate and ETA.
 pub(crate) fn progress_bar(ui: &mut egui::Ui, p: &Progress) {
     let mut text = format!("{} {}/{} {}", p.stage, p.done, p.total, p.unit);
-    if let Some(r) = p.rate_per_sec() {
-        text.push_str(&format!(", {r:.1} {}/s", p.unit));
+    match p.rate_per_sec() {
+        Some(r) if r >= 1.0 => text.push_str(&format!(", {r:.1} {}/s", p.unit)),
+        Some(r) if r > 0.0 => text.push_str(&format!(", {:.1} s each", 1.0 / r)),
+        _ => {}
     }
     if let Some(eta) = p.eta_secs() {
         text.push_str(&format!(", ETA {}", format_secs(eta)));

@@ -1,0 +1,221 @@
+//! `tripletlab bench`: the speed figures of the speed issue, printed as a table and optionally as
+//! JSON, for one model folder and one triplet file. A benchmark, not a test: it asserts nothing.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use serde_json::json;
+
+use super::{load_data, BenchArgs};
+use crate::core::cache::EmbeddingCache;
+use crate::core::data::load_triplets;
+use crate::core::encoder::{embed_triplets, Encoder, EncoderOptions, PromptChoice, Role};
+use crate::core::jobs::{CancelToken, JobCtx, Update};
+use crate::core::metrics::{evaluate, similarity_window, RetrievalIndex};
+use crate::core::model::{resolve_source, Checkpoint, ModelSource};
+use crate::core::pipeline::Evaluation;
+use crate::core::train::{self, LossKind, TrainConfig, TrainEvent};
+
+/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn quiet<R>(f: impl FnOnce(&JobCtx<'_, ()>) -> R) -> R {
+    let emit = |_: Update<()>| {};
+    f(&JobCtx::new(CancelToken::new(), &emit))
+}
+
+/// `tripletlab bench`.
+pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let data = load_data(&args.data)?;
+    let source = ModelSource::parse(&args.model);
+    let mut report = serde_json::Map::new();
+    report.insert("data".into(), json!(args.data.display().to_string()));
+    report.insert("model".into(), json!(source.label()));
+    report.insert(
+        "threads".into(),
+        json!(std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)),
+    );
+
+    if !args.skip_embed {
+        let opts = EncoderOptions {
+            max_seq_len: Some(args.max_seq_len),
+            batch_size: args.batch_size,
+            prompts: PromptChoice::None,
+            truncate_dim: None,
+        };
+        let enc = Encoder::load(&source, &opts, &mut |_| {}).context("cannot load the model")?;
+        let texts: Vec<&str> = data
+            .triplets
+            .iter()
+            .flat_map(|t| [t.query.as_str(), t.pos.as_str(), t.negative.as_str()])
+            .take(args.embed_limit.unwrap_or(usize::MAX))
+            .collect();
+        // Warm-up, as the sentence-transformers anchor does: a few batches, not timed.
+        let warm: Vec<&str> = texts
+            .iter()
+            .take((2 * args.batch_size).max(64))
+            .copied()
+            .collect();
+        quiet(|ctx| enc.encode(&warm, Role::Document, ctx))?;
+        let mut runs = Vec::new();
+        let mut tokens = 0usize;
+        for _ in 0..args.repeats {
+            let start = Instant::now();
+            let (_, counts) = quiet(|ctx| enc.encode(&texts, Role::Document, ctx))?;
+            runs.push(start.elapsed().as_secs_f64());
+            tokens = counts.iter().map(|c| c.tokens.min(enc.max_seq_len)).sum();
+        }
+        let best = runs.iter().copied().fold(f64::INFINITY, f64::min);
+        let median = median(&runs);
+        eprintln!(
+            "embedding: {} texts, {} tokens, median {:.2} s: {:.1} texts/s, {:.0} tokens/s",
+            texts.len(),
+            tokens,
+            median,
+            texts.len() as f64 / median,
+            tokens as f64 / median
+        );
+        report.insert(
+            "embedding".into(),
+            json!({"texts": texts.len(), "tokens": tokens, "batch_size": args.batch_size,
+                   "max_seq_len": args.max_seq_len, "seconds": runs, "texts_per_sec_median": texts.len() as f64 / median,
+                   "texts_per_sec_best": texts.len() as f64 / best, "tokens_per_sec_median": tokens as f64 / median}),
+        );
+    }
+
+    if args.train_steps > 0 {
+        let folder = resolve_source(&source, &mut |_| {})?;
+        let checkpoint = Checkpoint::read(&folder)?;
+        let n = (args.train_steps * 16).min(data.len());
+        let train_set = &data.triplets[..n];
+        let cfg = TrainConfig {
+            loss: LossKind::Mnrl,
+            batch_size: 16,
+            max_seq_len: 128,
+            eval_steps: Some(0),
+            prompts: PromptChoice::None,
+            ..TrainConfig::default()
+        };
+        // A tiny validation set: the bench times steps, not validation.
+        let val = &data.triplets[..4.min(data.len())];
+        let steps = std::sync::Mutex::new(Vec::new());
+        let emit = |u: Update<TrainEvent>| {
+            if let Update::Point(TrainEvent::Step(s)) = u {
+                steps.lock().expect("lock").push(s.step_secs);
+            }
+        };
+        let ctx = JobCtx::new(CancelToken::new(), &emit);
+        train::train(&folder, &checkpoint, train_set, val, &cfg, &ctx)?;
+        let secs = steps.into_inner().expect("lock");
+        // The first step pays for allocations and warm caches, as the anchor's first step does.
+        let timed = if secs.len() > 1 {
+            &secs[1..]
+        } else {
+            &secs[..]
+        };
+        eprintln!(
+            "fine-tuning: mnrl, batch 16, seq 128: median {:.2} s/step over {} steps",
+            median(timed),
+            timed.len()
+        );
+        report.insert(
+            "train_step".into(),
+            json!({"seconds": secs, "median_secs_after_first": median(timed)}),
+        );
+    }
+
+    // Metrics and the first heatmap window from a warm cache.
+    let cache_dir = tempfile_dir()?;
+    let cache = EmbeddingCache::new(&cache_dir);
+    let opts = EncoderOptions {
+        max_seq_len: Some(args.max_seq_len),
+        prompts: PromptChoice::None,
+        ..Default::default()
+    };
+    let enc = Encoder::load(&source, &opts, &mut |_| {})?;
+    if !args.skip_cached {
+        quiet(|ctx| embed_triplets(&enc, &data.triplets, Some(&cache), ctx))?;
+        let start = Instant::now();
+        let reopened = load_triplets(&args.data)?;
+        let emb = quiet(|ctx| embed_triplets(&enc, &reopened.triplets, Some(&cache), ctx))?;
+        let loaded = start.elapsed().as_secs_f64();
+        let t_metrics = Instant::now();
+        let index = RetrievalIndex::build(
+            &reopened.triplets,
+            &emb.queries,
+            &emb.positives,
+            &emb.negatives,
+        );
+        let result = evaluate(&index);
+        let metrics_secs = t_metrics.elapsed().as_secs_f64();
+        let eval = Evaluation::from_embeddings(
+            source.label(),
+            enc.max_seq_len,
+            enc.prompts.clone(),
+            &reopened.triplets,
+            emb,
+            loaded,
+        );
+        let t_window = Instant::now();
+        let w = similarity_window(
+            &eval.doc_rows,
+            0..50.min(eval.doc_rows.rows()),
+            &eval.doc_rows,
+            0..50.min(eval.doc_rows.rows()),
+        );
+        let window_secs = t_window.elapsed().as_secs_f64();
+        let first_heatmap = start.elapsed().as_secs_f64();
+        let t_out = Instant::now();
+        let q = eval.index.query_of_triplet[0];
+        let outranking =
+            crate::core::metrics::outranking(&eval.index, q, eval.index.pos_doc[0], 20);
+        let inspector_secs = t_out.elapsed().as_secs_f64();
+        eprintln!(
+            "cached open -> first heatmap: {first_heatmap:.3} s (load+cache {loaded:.3} s); metrics {metrics_secs:.3} s over {} triplets; 50x50 window {:.2} ms; inspector query {:.2} ms",
+            result.n_triplets,
+            window_secs * 1e3,
+            inspector_secs * 1e3
+        );
+        report.insert(
+            "cached".into(),
+            json!({"open_to_first_heatmap_secs": first_heatmap, "load_and_cache_secs": loaded,
+                   "metrics_secs": metrics_secs, "window_50x50_ms": window_secs * 1e3,
+                   "inspector_query_ms": inspector_secs * 1e3, "triplets": result.n_triplets,
+                   "window_cells": w.len(), "outranking_listed": outranking.len()}),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    let peak = peak_rss_mib();
+    eprintln!("peak RSS: {:.0} MiB", peak.unwrap_or(f64::NAN));
+    report.insert("peak_rss_mib".into(), json!(peak));
+    let text = serde_json::to_string_pretty(&serde_json::Value::Object(report))?;
+    match &args.json {
+        Some(p) => {
+            std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?
+        }
+        None => println!("{text}"),
+    }
+    Ok(())
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("tripletlab-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
