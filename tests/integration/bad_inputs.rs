@@ -22,7 +22,7 @@ fn corpus() -> Vec<(PathBuf, serde_json::Value)> {
         .collect()
 }
 
-fn check(path: &PathBuf, expect: &serde_json::Value, result: Result<Dataset, String>) {
+fn check(path: &std::path::Path, expect: &serde_json::Value, result: Result<Dataset, String>) {
     let name = path.file_name().unwrap().to_string_lossy();
     match (expect.get("error"), result) {
         (Some(needles), Err(msg)) => {
