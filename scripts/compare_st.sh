@@ -11,13 +11,15 @@ DATA="${1:-tests/fixtures/patents-dev.json}"
 ROUNDS="${2:-2}"
 shift $(( $# > 2 ? 2 : $# ))
 VENV="${ST_VENV:-$HOME/.cache/tripletlab/st-venv}"
+export ST_VENV="$VENV"
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import sentence_transformers, datasets, accelerate" 2>/dev/null; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q torch sentence-transformers datasets accelerate
 fi
 MODEL="$(bash scripts/fetch-test-model.sh)"
-cargo build --release -q
-BIN="${CARGO_TARGET_DIR:-target}/release/tripletlab"
+# The same (dev) profile as the app and the tests: dependencies are optimised (opt-level 3).
+cargo build -q
+BIN="${CARGO_TARGET_DIR:-target}/debug/tripletlab"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 for r in $(seq 1 "$ROUNDS"); do

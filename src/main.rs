@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    tripletlab::keep_freed_memory();
     let cli = tripletlab::cli::Cli::parse();
     match tripletlab::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

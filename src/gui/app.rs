@@ -383,6 +383,9 @@ pub struct App {
     pub last_embed_cached: Option<bool>,
     /// Recent frame times (ms) of our own UI code.
     pub frame_ms: VecDeque<f32>,
+    /// Every frame's CPU time (ms) as eframe reports it (UI code plus tessellation), for the
+    /// statistics printed on exit when `TRIPLETLAB_FRAME_STATS` is set.
+    pub frame_cpu_ms: Vec<f32>,
     /// Statistics of the loaded dataset.
     pub data_stats: Option<DataStats>,
     load_job: Option<JobHandle<(), (Dataset, DataStats), DataError>>,
@@ -456,6 +459,7 @@ impl App {
             embed_progress: None,
             last_embed_cached: None,
             frame_ms: VecDeque::new(),
+            frame_cpu_ms: Vec::new(),
             data_stats: None,
             load_job: None,
             embed_job: None,
@@ -975,6 +979,27 @@ impl App {
         }
     }
 
+    /// Prints the CPU time per frame so far (for measuring responsiveness while jobs run).
+    fn print_frame_stats(&self) {
+        let mut v = self.frame_cpu_ms.clone();
+        v.sort_by(f32::total_cmp);
+        let pct = |q: f64| v[((v.len() - 1) as f64 * q) as usize];
+        let busy = if self.is_running(JobKind::Embed) {
+            "embedding"
+        } else if self.is_running(JobKind::FineTune) {
+            "fine-tuning"
+        } else {
+            "idle"
+        };
+        eprintln!(
+            "frames {} ({busy}): CPU time per frame median {:.1} ms, p95 {:.1} ms, max {:.1} ms",
+            v.len(),
+            pct(0.5),
+            pct(0.95),
+            v[v.len() - 1]
+        );
+    }
+
     fn take_dropped_files(&mut self, ctx: &egui::Context) {
         let dropped: Vec<PathBuf> = ctx.input(|i| {
             i.raw
@@ -996,7 +1021,13 @@ impl eframe::App for App {
         self.take_dropped_files(ctx);
     }
 
-    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+    fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
+        if let Some(cpu) = frame.info().cpu_usage {
+            self.frame_cpu_ms.push(cpu * 1000.0);
+            if self.frame_cpu_ms.len().is_multiple_of(60) && std::env::var_os("TRIPLETLAB_FRAME_STATS").is_some() {
+                self.print_frame_stats();
+            }
+        }
         let start = Instant::now();
         panels::draw(self, ui);
         self.handle_commands();

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 use crate::core::data::Triplet;
 use crate::core::encoder::{
@@ -234,16 +234,19 @@ struct SeededDropout(rand::rngs::SmallRng);
 
 impl DropoutRng for SeededDropout {
     fn mask(&mut self, n: usize, p: f32) -> Vec<f32> {
+        use rand::RngCore;
         let scale = 1.0 / (1.0 - p);
-        (0..n)
-            .map(|_| {
-                if self.0.random::<f32>() < p {
-                    0.0
-                } else {
-                    scale
-                }
-            })
-            .collect()
+        // Two 32-bit draws per 64-bit word; drop when the draw is below p * 2^32.
+        let threshold = (p as f64 * 4294967296.0) as u64;
+        let mut out = Vec::with_capacity(n + 1);
+        while out.len() < n {
+            let r = self.0.next_u64();
+            for half in [r & 0xFFFF_FFFF, r >> 32] {
+                out.push(if half < threshold { 0.0 } else { scale });
+            }
+        }
+        out.truncate(n);
+        out
     }
 }
 
