@@ -1024,7 +1024,9 @@ impl eframe::App for App {
     fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
         if let Some(cpu) = frame.info().cpu_usage {
             self.frame_cpu_ms.push(cpu * 1000.0);
-            if self.frame_cpu_ms.len().is_multiple_of(60) && std::env::var_os("TRIPLETLAB_FRAME_STATS").is_some() {
+            if self.frame_cpu_ms.len().is_multiple_of(60)
+                && std::env::var_os("TRIPLETLAB_FRAME_STATS").is_some()
+            {
                 self.print_frame_stats();
             }
         }
