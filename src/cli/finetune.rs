@@ -78,6 +78,7 @@ pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<()> {
             .expect("valid template")
             .progress_chars("=> "),
     );
+    let stderr_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let emit = |u: Update<TrainEvent>| match u {
         Update::Progress(p) => {
             if bar.message() != p.stage {
@@ -94,10 +95,15 @@ pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<()> {
             bar.suspend(|| eprintln!("{total_steps} steps, {warmup_steps} warm-up"));
         }
         Update::Point(TrainEvent::Step(s)) => {
-            bar.set_prefix(format!(
+            let line = format!(
                 "loss {:.4} lr {:.2e} |g| {:.3} {:.1} s/step",
                 s.loss, s.lr, s.grad_norm, s.step_secs
-            ));
+            );
+            // Without a terminal the bar is hidden: log every tenth step instead.
+            if !stderr_is_terminal && s.step % 10 == 0 {
+                eprintln!("step {:>5}: {line}", s.step);
+            }
+            bar.set_prefix(line);
         }
         Update::Point(TrainEvent::Eval(e)) => {
             bar.suspend(|| eprintln!("validation at step {:>4}: {}", e.step, headline(&e.metrics)));
