@@ -386,6 +386,7 @@ pub struct App {
     /// Every frame's CPU time (ms) as eframe reports it (UI code plus tessellation), for the
     /// statistics printed on exit when `TRIPLETLAB_FRAME_STATS` is set.
     pub frame_cpu_ms: Vec<f32>,
+    frame_stats_state: (&'static str, usize),
     /// Statistics of the loaded dataset.
     pub data_stats: Option<DataStats>,
     load_job: Option<JobHandle<(), (Dataset, DataStats), DataError>>,
@@ -460,6 +461,7 @@ impl App {
             last_embed_cached: None,
             frame_ms: VecDeque::new(),
             frame_cpu_ms: Vec::new(),
+            frame_stats_state: ("idle", 0),
             data_stats: None,
             load_job: None,
             embed_job: None,
@@ -979,11 +981,9 @@ impl App {
         }
     }
 
-    /// Prints the CPU time per frame so far (for measuring responsiveness while jobs run).
-    fn print_frame_stats(&self) {
-        let mut v = self.frame_cpu_ms.clone();
-        v.sort_by(f32::total_cmp);
-        let pct = |q: f64| v[((v.len() - 1) as f64 * q) as usize];
+    /// Prints the CPU time per frame since the app last changed between idle, embedding and
+    /// fine-tuning (for measuring responsiveness while jobs run).
+    fn print_frame_stats(&mut self) {
         let busy = if self.is_running(JobKind::Embed) {
             "embedding"
         } else if self.is_running(JobKind::FineTune) {
@@ -991,6 +991,12 @@ impl App {
         } else {
             "idle"
         };
+        if self.frame_stats_state.0 != busy {
+            self.frame_stats_state = (busy, self.frame_cpu_ms.len().saturating_sub(60));
+        }
+        let mut v = self.frame_cpu_ms[self.frame_stats_state.1..].to_vec();
+        v.sort_by(f32::total_cmp);
+        let pct = |q: f64| v[((v.len() - 1) as f64 * q) as usize];
         eprintln!(
             "frames {} ({busy}): CPU time per frame median {:.1} ms, p95 {:.1} ms, max {:.1} ms",
             v.len(),
