@@ -8,7 +8,7 @@ use crate::core::cache::EmbeddingCache;
 use crate::core::data::{Dataset, Field};
 use crate::core::embeddings::Embeddings;
 use crate::core::encoder::{embed_triplets, Encoder, TripletEmbeddings};
-use crate::core::metrics::{evaluate, lower_is_better, metric_keys, RetrievalIndex};
+use crate::core::metrics::{evaluate, metric_keys, metric_label, RetrievalIndex};
 use crate::core::report::{write_npy_f32, EvalReport, EvalSettings};
 
 /// Loads the model and embeds a dataset, with progress on stderr.
@@ -111,7 +111,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     println!("{:<22} {:>9}  meaning", "metric", "value");
     for key in metric_keys() {
         let v = result.metrics[&key];
-        println!("{key:<22} {v:>9.4}  {}", describe(&key));
+        println!("{key:<22} {v:>9.4}  {}", metric_label(&key));
     }
     if let Some(path) = &args.json {
         let settings = EvalSettings {
@@ -131,24 +131,4 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         eprintln!("Wrote {}", path.display());
     }
     Ok(())
-}
-
-/// A plain-language label of a metric key.
-fn describe(key: &str) -> String {
-    let k = key.rsplit(['@', '_']).next().unwrap_or("");
-    let lower = if lower_is_better(key) {
-        " (lower is better)"
-    } else {
-        ""
-    };
-    match key.split('@').next().unwrap_or(key) {
-        "cosine_accuracy" if key.contains('@') => format!("queries with a positive in the top {k}"),
-        "cosine_accuracy" => "share of triplets ranked right (cos(q,pos) > cos(q,neg))".into(),
-        "cosine_precision" => format!("relevant share of the top {k}"),
-        "cosine_recall" => format!("share of relevant documents in the top {k}"),
-        "cosine_mrr" => "mean reciprocal rank of the first relevant document (top 10)".into(),
-        "cosine_ndcg" => "normalised discounted cumulative gain (top 10)".into(),
-        "cosine_map" => "mean average precision (top 100)".into(),
-        _ => format!("triplets whose negative is in the query's top {k}{lower}"),
-    }
 }

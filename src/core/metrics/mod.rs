@@ -43,6 +43,21 @@ pub fn metric_keys() -> Vec<String> {
     keys
 }
 
+/// A plain-language label of a metric key, for tables in the CLI and the GUI.
+pub fn metric_label(key: &str) -> String {
+    let k = key.rsplit(['@', '_']).next().unwrap_or("");
+    match key.split('@').next().unwrap_or(key) {
+        "cosine_accuracy" if key.contains('@') => format!("positives in top {k}"),
+        "cosine_accuracy" => "share of triplets ranked right".into(),
+        "cosine_precision" => format!("precision at {k}"),
+        "cosine_recall" => format!("recall at {k}"),
+        "cosine_mrr" => "mean reciprocal rank (top 10)".into(),
+        "cosine_ndcg" => "nDCG (top 10)".into(),
+        "cosine_map" => "mean average precision (top 100)".into(),
+        _ => format!("negatives in top {k} (lower is better)"),
+    }
+}
+
 /// True for metrics where a lower value is better (negatives in top K).
 pub fn lower_is_better(key: &str) -> bool {
     key.starts_with("neg_in_top_")

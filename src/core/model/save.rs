@@ -47,6 +47,12 @@ pub struct SaveSettings {
     pub model_card: String,
 }
 
+/// Maps an I/O error on `path` to a [`SaveError`].
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SaveError {
+    let path = path.to_path_buf();
+    move |source| SaveError::Io { path, source }
+}
+
 /// Files of the source folder that are copied unchanged when present.
 const TOKENIZER_FILES: &[&str] = &[
     "tokenizer.json",
@@ -75,10 +81,6 @@ pub fn save_model_folder(
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
-    };
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SaveError::Io { path, source }
     };
     std::fs::create_dir_all(&parent).map_err(io(&parent))?;
     let stamp = format!(
@@ -126,10 +128,6 @@ fn write_folder(
     settings: &SaveSettings,
     after_file: &mut dyn FnMut(&Path),
 ) -> Result<(), SaveError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SaveError::Io { path, source }
-    };
     std::fs::create_dir_all(dir.join("1_Pooling")).map_err(io(dir))?;
 
     // Weights first: the largest file, and the one a crash is most likely to cut.

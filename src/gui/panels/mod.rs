@@ -150,20 +150,7 @@ pub(crate) fn preview(s: &str, chars: usize) -> String {
     out
 }
 
-/// A plain-language label of a metric key.
-pub(crate) fn metric_label(key: &str) -> String {
-    let k = key.rsplit(['@', '_']).next().unwrap_or("");
-    match key.split('@').next().unwrap_or(key) {
-        "cosine_accuracy" if key.contains('@') => format!("positives in top {k}"),
-        "cosine_accuracy" => "share of triplets ranked right".into(),
-        "cosine_precision" => format!("precision at {k}"),
-        "cosine_recall" => format!("recall at {k}"),
-        "cosine_mrr" => "mean reciprocal rank (top 10)".into(),
-        "cosine_ndcg" => "nDCG (top 10)".into(),
-        "cosine_map" => "mean average precision (top 100)".into(),
-        _ => format!("negatives in top {k} (lower is better)"),
-    }
-}
+pub(crate) use crate::core::metrics::metric_label;
 
 /// The message shown where a panel needs an evaluation that does not exist yet.
 pub(crate) fn needs_embedding(app: &mut App, ui: &mut egui::Ui) {
