@@ -7,6 +7,25 @@ use std::ops::Range;
 use super::{RetrievalIndex, TripletScore};
 use crate::core::embeddings::Embeddings;
 
+/// Dot product with eight independent accumulators, so the compiler can vectorise it (a single
+/// f32 accumulator forces strict sequential order).
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Cosines of rows `rows` of `a` against rows `cols` of `b` (both L2-normalised):
 /// (rows.len(), cols.len()) row-major.
 pub fn similarity_window(
@@ -19,7 +38,7 @@ pub fn similarity_window(
     for i in rows {
         let x = a.row(i);
         for j in cols.clone() {
-            out.push(x.iter().zip(b.row(j)).map(|(p, q)| p * q).sum());
+            out.push(dot_f32(x, b.row(j)));
         }
     }
     out
@@ -59,7 +78,7 @@ pub fn outranking(
         .filter(|&j| j != doc)
         .filter_map(|j| {
             // A cheap f32 pre-filter, then the exact score for candidates near or above.
-            let approx: f32 = qv.iter().zip(index.docs.row(j)).map(|(a, b)| a * b).sum();
+            let approx = dot_f32(qv, index.docs.row(j));
             if (approx as f64) < target - 1e-4 {
                 return None;
             }
