@@ -230,6 +230,8 @@ pub enum Command {
     EmbedComparison(PathBuf),
     /// Fine-tune with the configured settings.
     StartFineTune,
+    /// Save a trained model whose save failed, to the folder now configured.
+    SaveTrained,
     /// Stop a job.
     Cancel(JobKind),
     /// Switch panel.
@@ -265,14 +267,77 @@ pub struct Notification {
 /// The result of a fine-tuning job.
 #[derive(Debug)]
 pub struct FineTuneResult {
-    /// Where the model was saved.
-    pub saved_to: PathBuf,
-    /// The saved model on the whole dataset.
-    pub evaluation: Evaluation,
     /// Why training stopped.
     pub stop: StopReason,
-    /// Step of the saved checkpoint.
+    /// Step of the best checkpoint.
     pub best_step: usize,
+    /// Where the model was saved and its evaluation on the whole dataset, or why saving failed
+    /// and the trained model, kept in memory so the user can save it elsewhere.
+    pub saved: Result<(PathBuf, Evaluation), (String, Arc<TrainedModel>)>,
+}
+
+/// A trained model that is not saved yet.
+pub struct TrainedModel {
+    folder: crate::core::model::ModelFolder,
+    checkpoint: Checkpoint,
+    weights: std::collections::HashMap<String, candle_core::Tensor>,
+    settings: SaveSettings,
+    stop: StopReason,
+    best_step: usize,
+}
+
+impl std::fmt::Debug for TrainedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TrainedModel(best step {})", self.best_step)
+    }
+}
+
+/// Saves a trained model to `out` and embeds the dataset with it; a failed save hands the model
+/// back so nothing is lost.
+fn save_and_embed(
+    model: Arc<TrainedModel>,
+    out: &Path,
+    opts: &EncoderOptions,
+    data: &Dataset,
+    cache: Option<&EmbeddingCache>,
+    ctx: &jobs::JobCtx<'_, TrainEvent>,
+) -> Result<FineTuneResult, String> {
+    let (stop, best_step) = (model.stop.clone(), model.best_step);
+    if let Err(e) = save_model_folder(
+        out,
+        &model.folder,
+        &model.checkpoint,
+        &model.weights,
+        &model.settings,
+        &mut |_| {},
+    ) {
+        return Ok(FineTuneResult {
+            stop,
+            best_step,
+            saved: Err((format!("{e:#}"), model)),
+        });
+    }
+    let evaluation = ctx
+        .run_without_points(|c| {
+            evaluate_model(
+                &ModelSource::Dir(out.to_path_buf()),
+                opts,
+                &data.triplets,
+                cache,
+                c,
+            )
+        })
+        .map_err(|e| {
+            format!(
+                "the model was saved to {} but embedding it failed: {e:#}",
+                out.display()
+            )
+        })?;
+    Ok(FineTuneResult {
+        stop,
+        best_step,
+        saved: Ok((out.to_path_buf(), evaluation)),
+    })
 }
 
 /// Live view of a training run.
@@ -365,6 +430,8 @@ pub struct App {
     pub fine_tuned: Option<Arc<Evaluation>>,
     /// Where the fine-tuned model was saved.
     pub fine_tuned_path: Option<PathBuf>,
+    /// A trained model whose save failed, kept so it can be saved elsewhere.
+    pub unsaved: Option<Arc<TrainedModel>>,
     /// The training curves.
     pub train_log: TrainLog,
     /// Messages to the user.
@@ -445,6 +512,7 @@ impl App {
             zero_shot: None,
             fine_tuned: None,
             fine_tuned_path: None,
+            unsaved: None,
             train_log: TrainLog::default(),
             notifications: Vec::new(),
             tab: Tab::Data,
@@ -624,8 +692,25 @@ impl App {
                 self.train_job = None;
                 self.train_log.progress = None;
                 match o {
-                    Outcome::Finished(Ok(r)) => {
-                        let how = match &r.stop {
+                    Outcome::Finished(Ok(FineTuneResult {
+                        saved: Err((err, model)),
+                        ..
+                    })) => {
+                        let msg = format!(
+                            "Saving the fine-tuned model failed: {err}. The trained weights are kept: \
+                             choose another folder under Fine-tune and press \"Save the trained model\""
+                        );
+                        self.train_log.finished = Some(msg.clone());
+                        self.notify(Level::Error, msg);
+                        self.unsaved = Some(model);
+                    }
+                    Outcome::Finished(Ok(FineTuneResult {
+                        stop,
+                        best_step,
+                        saved: Ok((saved_to, evaluation)),
+                    })) => {
+                        self.unsaved = None;
+                        let how = match &stop {
                             StopReason::Completed => "completed".to_string(),
                             StopReason::Cancelled { after_step } => {
                                 format!("stopped after step {after_step}")
@@ -635,19 +720,18 @@ impl App {
                             }
                         };
                         let msg = format!(
-                            "Fine-tuning {how}; saved the best checkpoint (step {}) to {}",
-                            r.best_step,
-                            r.saved_to.display()
+                            "Fine-tuning {how}; saved the best checkpoint (step {best_step}) to {}",
+                            saved_to.display()
                         );
-                        let level = if matches!(r.stop, StopReason::NonFiniteLoss { .. }) {
+                        let level = if matches!(stop, StopReason::NonFiniteLoss { .. }) {
                             Level::Warning
                         } else {
                             Level::Info
                         };
                         self.notify(level, msg.clone());
                         self.train_log.finished = Some(msg);
-                        self.fine_tuned = Some(Arc::new(r.evaluation));
-                        self.fine_tuned_path = Some(r.saved_to);
+                        self.fine_tuned = Some(Arc::new(evaluation));
+                        self.fine_tuned_path = Some(saved_to);
                         self.heatmap.cache.clear();
                         self.inspector.outranking.clear();
                         self.inspector.rows = None;
@@ -793,6 +877,7 @@ impl App {
             Command::StartEmbed => self.start_embed(None),
             Command::EmbedComparison(dir) => self.start_embed(Some(dir)),
             Command::StartFineTune => self.start_fine_tune(),
+            Command::SaveTrained => self.save_trained(),
             Command::Cancel(kind) => match kind {
                 JobKind::Load => {}
                 JobKind::Embed => {
@@ -876,6 +961,47 @@ impl App {
         )
     }
 
+    /// The folder the fine-tuned model is saved to: the user's, else next to the data file.
+    fn output_dir(&mut self) -> Option<PathBuf> {
+        match self.settings.train.out_dir.trim() {
+            "" => {
+                let dir = self.default_output_dir();
+                if dir.is_none() {
+                    self.notify(
+                        Level::Error,
+                        "Choose a folder to save the fine-tuned model to",
+                    );
+                }
+                dir
+            }
+            s => Some(PathBuf::from(s)),
+        }
+    }
+
+    fn save_trained(&mut self) {
+        if self.refuse("Fine-tuning", JobKind::FineTune) {
+            return;
+        }
+        let (Some(model), Some(data)) = (self.unsaved.clone(), self.dataset.clone()) else {
+            return;
+        };
+        let Some(out) = self.output_dir() else {
+            return;
+        };
+        let opts = self.settings.encoder_options();
+        let cache = self
+            .settings
+            .use_cache
+            .then(|| EmbeddingCache::new(EmbeddingCache::default_dir()));
+        let spawned = jobs::spawn("save-model", self.wake(), move |ctx| {
+            save_and_embed(model, &out, &opts, &data, cache.as_ref(), ctx)
+        });
+        match spawned {
+            Ok(h) => self.train_job = Some(h),
+            Err(e) => self.notify(Level::Error, format!("cannot start a thread: {e}")),
+        }
+    }
+
     fn start_fine_tune(&mut self) {
         if self.refuse("Fine-tuning", JobKind::FineTune) {
             return;
@@ -884,18 +1010,8 @@ impl App {
             self.notify(Level::Warning, "Open a triplet file first");
             return;
         };
-        let out = match self.settings.train.out_dir.trim() {
-            "" => match self.default_output_dir() {
-                Some(p) => p,
-                None => {
-                    self.notify(
-                        Level::Error,
-                        "Choose a folder to save the fine-tuned model to",
-                    );
-                    return;
-                }
-            },
-            s => PathBuf::from(s),
+        let Some(out) = self.output_dir() else {
+            return;
         };
         let t = &self.settings.train;
         let opts = self.settings.encoder_options();
@@ -942,37 +1058,15 @@ impl App {
                     outcome.best_step
                 ),
             };
-                save_model_folder(
-                    &out,
-                    &folder,
-                    &checkpoint,
-                    &outcome.best_weights,
-                    &settings,
-                    &mut |_| {},
-                )
-                .map_err(|e| format!("{e:#}"))?;
-                let evaluation = ctx
-                    .run_without_points(|c| {
-                        evaluate_model(
-                            &ModelSource::Dir(out.clone()),
-                            &opts,
-                            &data.triplets,
-                            cache.as_ref(),
-                            c,
-                        )
-                    })
-                    .map_err(|e| {
-                        format!(
-                            "the model was saved to {} but embedding it failed: {e:#}",
-                            out.display()
-                        )
-                    })?;
-                Ok(FineTuneResult {
-                    saved_to: out,
-                    evaluation,
+                let model = Arc::new(TrainedModel {
+                    folder,
+                    checkpoint,
+                    weights: outcome.best_weights,
+                    settings,
                     stop: outcome.stop,
                     best_step: outcome.best_step,
-                })
+                });
+                save_and_embed(model, &out, &opts, &data, cache.as_ref(), ctx)
             },
         );
         match spawned {

@@ -272,3 +272,41 @@ fn the_bad_input_corpus_shows_its_errors_in_the_app() {
         }
     }
 }
+
+#[test]
+fn a_failed_save_keeps_the_trained_model_and_it_can_be_saved_elsewhere() {
+    let f = fixture(40);
+    let mut h = loaded_and_embedded(&f);
+    // A folder under a regular file cannot be created: the save fails.
+    let blocker = f.work.path().join("not-a-folder");
+    std::fs::write(&blocker, "x").unwrap();
+    {
+        let s = &mut h.state_mut().settings.train;
+        s.epochs = 1;
+        s.batch_size = 8;
+        s.out_dir = blocker.join("model").display().to_string();
+    }
+    h.state_mut().commands.push(Command::ShowTab(Tab::FineTune));
+    h.step();
+    h.step();
+    h.get_by_label("Start fine-tuning").click();
+    step_until(&mut h, "the failed save", |a| {
+        a.unsaved.is_some() || a.fine_tuned.is_some()
+    });
+    assert!(h.state().fine_tuned.is_none());
+    let msg = h.state().notifications.last().unwrap().text.clone();
+    assert!(
+        msg.contains("Saving the fine-tuned model failed") && msg.contains("not-a-folder"),
+        "{msg}"
+    );
+
+    let good = f.work.path().join("saved-here");
+    h.state_mut().settings.train.out_dir = good.display().to_string();
+    h.step();
+    h.step();
+    h.get_by_label("Save the trained model").click();
+    step_until(&mut h, "the second save", |a| a.fine_tuned.is_some());
+    assert!(h.state().unsaved.is_none());
+    assert!(good.join("model.safetensors").is_file());
+    assert_eq!(h.state().fine_tuned_path.as_deref(), Some(good.as_path()));
+}

@@ -37,6 +37,9 @@ pub fn show(app: &mut App, ui: &mut egui::Ui) {
     if let Some(msg) = &app.train_log.finished {
         ui.label(msg);
     }
+    if app.unsaved.is_some() && !running && ui.button("Save the trained model").clicked() {
+        app.commands.push(Command::SaveTrained);
+    }
     curves(app, ui);
 }
 
