@@ -277,3 +277,47 @@ fn second_run_is_served_from_the_cache_and_corruption_is_recomputed() {
     let fourth = quiet(|ctx| embed_triplets(&other, &triplets, Some(&cache), ctx)).unwrap();
     assert_eq!(fourth.cache_hits, 0);
 }
+
+#[test]
+fn an_unwritable_cache_runs_uncached_and_says_so() {
+    let dir = tiny_model(&TinySpec::default());
+    let work = tempfile::tempdir().unwrap();
+    // A cache folder under a regular file cannot be created (as a full or read-only disk).
+    let blocker = work.path().join("file");
+    std::fs::write(&blocker, "x").unwrap();
+    let cache = EmbeddingCache::new(blocker.join("cache"));
+    let enc = encoder(dir.path(), &EncoderOptions::default());
+    let triplets = dev_triplets(10);
+    let r = quiet(|ctx| embed_triplets(&enc, &triplets, Some(&cache), ctx)).unwrap();
+    assert!(r.computed > 0);
+    assert!(
+        r.cache_warnings.iter().any(|w| w.contains("not cached")),
+        "{:?}",
+        r.cache_warnings
+    );
+    let uncached = quiet(|ctx| embed_triplets(&enc, &triplets, None, ctx)).unwrap();
+    assert_eq!(r.queries, uncached.queries);
+}
+
+#[test]
+fn two_writers_on_one_cache_lose_nothing() {
+    let dir = tiny_model(&TinySpec::default());
+    let cache_dir = tempfile::tempdir().unwrap();
+    let triplets = dev_triplets(40);
+    let enc = Arc::new(encoder(dir.path(), &EncoderOptions::default()));
+    // Two "instances" embed overlapping halves into the same cache at the same time.
+    let halves = [triplets[..25].to_vec(), triplets[15..].to_vec()];
+    std::thread::scope(|s| {
+        for half in &halves {
+            let enc = Arc::clone(&enc);
+            let cache = EmbeddingCache::new(cache_dir.path());
+            s.spawn(move || quiet(|ctx| embed_triplets(&enc, half, Some(&cache), ctx)).unwrap());
+        }
+    });
+    let before = enc.forward_batches();
+    let cache = EmbeddingCache::new(cache_dir.path());
+    let all = quiet(|ctx| embed_triplets(&enc, &triplets, Some(&cache), ctx)).unwrap();
+    assert_eq!(all.computed, 0, "entries written concurrently were lost");
+    assert_eq!(enc.forward_batches(), before);
+    assert!(all.cache_warnings.is_empty(), "{:?}", all.cache_warnings);
+}
