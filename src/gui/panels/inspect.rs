@@ -101,32 +101,29 @@ pub fn show(app: &mut App, ui: &mut egui::Ui) {
         rows.len(),
         before.result.n_triplets
     ));
-    ui.columns(2, |cols| {
-        table(
-            &mut cols[0],
-            app_selected(&mut app.inspector),
-            &rows,
-            &before,
-            &data,
-        );
-        if let Some(i) = app.inspector.selected {
-            details(
-                &mut cols[1],
+    // A fixed-width table on the left (it scrolls and clips), the details on the right.
+    let (width, height) = (ui.available_width(), ui.available_height());
+    ui.horizontal_top(|ui| {
+        ui.allocate_ui(egui::vec2(width * 0.45, height), |ui| {
+            ui.set_width(width * 0.45);
+            table(ui, &mut app.inspector.selected, &rows, &before, &data);
+        });
+        ui.separator();
+        ui.vertical(|ui| match app.inspector.selected {
+            Some(i) => details(
+                ui,
                 &mut app.inspector,
                 i,
                 &data,
                 &before,
                 after.as_ref(),
                 &mut app.commands,
-            );
-        } else {
-            cols[1].label("Select a triplet to see why it ranks as it does.");
-        }
+            ),
+            None => {
+                ui.label("Select a triplet to see why it ranks as it does.");
+            }
+        });
     });
-}
-
-fn app_selected(s: &mut InspectorState) -> &mut Option<usize> {
-    &mut s.selected
 }
 
 fn table(
