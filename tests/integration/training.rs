@@ -150,24 +150,29 @@ fn mnrl_loss(enc: &Encoder, data: &[Triplet]) -> Tensor {
     .unwrap()
 }
 
+/// An encoder (no prompts) over a model built from trainable weights.
+fn encoder_over(folder: &ModelFolder, weights: &Trainable, max_seq_len: usize) -> Encoder {
+    let opts = EncoderOptions {
+        max_seq_len: Some(max_seq_len),
+        prompts: PromptChoice::None,
+        ..Default::default()
+    };
+    Encoder::from_model(
+        folder.clone(),
+        weights.model().unwrap(),
+        "in-memory".into(),
+        "in-memory".into(),
+        &opts,
+    )
+    .unwrap()
+}
+
 #[test]
 fn every_weight_gets_a_gradient_and_it_matches_finite_differences() {
     let dir = tiny_model(&TinySpec::default());
     let (folder, ck) = open(dir.path());
     let weights = Trainable::new(&folder, &ck).unwrap();
-    let opts = EncoderOptions {
-        max_seq_len: Some(32),
-        prompts: PromptChoice::None,
-        ..Default::default()
-    };
-    let enc = Encoder::from_model(
-        folder.clone(),
-        weights.model().unwrap(),
-        ck.weights_hash.clone(),
-        "tiny".into(),
-        &opts,
-    )
-    .unwrap();
+    let enc = encoder_over(&folder, &weights, 32);
     let data = toy_triplets(4);
     let loss = mnrl_loss(&enc, &data);
     let grads = loss.backward().unwrap();
@@ -390,19 +395,12 @@ fn saved_folder_reloads_with_the_same_embeddings_and_tensor_names() {
     // In memory: the trained weights in a model built from them.
     let weights_var = Trainable::new(&folder, &ck).unwrap();
     weights_var.restore(&weights).unwrap();
+    let mem = encoder_over(&folder, &weights_var, 48);
     let opts = EncoderOptions {
         max_seq_len: Some(48),
         prompts: PromptChoice::None,
         ..Default::default()
     };
-    let mem = Encoder::from_model(
-        folder.clone(),
-        weights_var.model().unwrap(),
-        "x".into(),
-        "mem".into(),
-        &opts,
-    )
-    .unwrap();
     let disk = crate::common::encoder(&saved, &opts);
     let texts = [
         "rotor blade wind turbine",
