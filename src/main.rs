@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     match tripletlab::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("Error: {err:#}");
+            eprintln!("Error: {}", tripletlab::core::error_message(err.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -40,6 +40,17 @@ pub enum Command {
     /// Measure embedding throughput, fine-tuning step time, metric time, cached open to first
     /// heatmap, and peak memory.
     Bench(BenchArgs),
+    /// Read and validate a triplet file without a model: skipped rows, warnings, counts,
+    /// lengths, time and peak memory.
+    Check(CheckArgs),
+}
+
+/// `tripletlab check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Triplet file (JSON array or JSON lines).
+    #[arg(long)]
+    pub data: PathBuf,
 }
 
 /// `tripletlab bench`.
@@ -258,15 +269,48 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             tab: args.tab,
             inspect: args.inspect,
             fine_tune_out: args.out,
+            recovery_dir: None,
         }),
         Command::Embed(args) => eval::embed(&args),
         Command::Eval(args) => eval::eval(&args),
         Command::Finetune(args) => finetune::finetune(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::Check(args) => check(&args),
     }
 }
 
 /// Loads a triplet file and prints its validation report to stderr.
+/// `tripletlab check`.
+fn check(args: &CheckArgs) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    let data = load_data(&args.data)?;
+    let secs = start.elapsed().as_secs_f64();
+    let st = crate::core::data::DataStats::of(&data);
+    println!(
+        "{} triplets, {} distinct queries, {} distinct documents",
+        st.triplets, st.distinct_queries, st.distinct_documents
+    );
+    for (name, l) in [
+        ("query", &st.query_words),
+        ("pos", &st.pos_words),
+        ("negative", &st.negative_words),
+    ] {
+        println!(
+            "{name:>8} words: min {}, median {}, p95 {}, max {}",
+            l.min, l.median, l.p95, l.max
+        );
+    }
+    let size = std::fs::metadata(&args.data).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "read {:.1} MB in {secs:.2} s; peak memory {}",
+        size as f64 / 1e6,
+        bench::peak_rss_mib()
+            .map(|m| format!("{m:.0} MiB"))
+            .unwrap_or_else(|| "unknown".into())
+    );
+    Ok(())
+}
+
 fn load_data(path: &std::path::Path) -> anyhow::Result<Dataset> {
     let data = load_triplets(path).with_context(|| "cannot load the triplet file")?;
     let r = &data.report;

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -42,6 +43,20 @@ pub struct AppOptions {
     pub inspect: Option<usize>,
     /// Where fine-tuned models are saved.
     pub fine_tune_out: Option<PathBuf>,
+    /// Where a trained model that is not saved yet goes when the window closes (else
+    /// [`default_recovery_dir`]).
+    pub recovery_dir: Option<PathBuf>,
+}
+
+/// `$XDG_DATA_HOME/tripletlab/recovered` (or `~/.local/share/...`): trained models that were not
+/// saved when the app closed.
+pub fn default_recovery_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("tripletlab")
+        .join("recovered")
 }
 
 /// Prompt choice as the settings store it.
@@ -300,6 +315,7 @@ fn save_and_embed(
     opts: &EncoderOptions,
     data: &Dataset,
     cache: Option<&EmbeddingCache>,
+    exiting: &AtomicBool,
     ctx: &jobs::JobCtx<'_, TrainEvent>,
 ) -> Result<FineTuneResult, String> {
     let (stop, best_step) = (model.stop.clone(), model.best_step);
@@ -316,6 +332,12 @@ fn save_and_embed(
             best_step,
             saved: Err((format!("{e:#}"), model)),
         });
+    }
+    if exiting.load(Ordering::SeqCst) {
+        return Err(format!(
+            "saved to {} as the app closed; not embedded",
+            out.display()
+        ));
     }
     let evaluation = ctx
         .run_without_points(|c| {
@@ -459,6 +481,9 @@ pub struct App {
     load_job: Option<JobHandle<(), (Dataset, DataStats), DataError>>,
     embed_job: Option<JobHandle<(), Evaluation, EncodeError>>,
     train_job: Option<JobHandle<TrainEvent, FineTuneResult, String>>,
+    /// Set when the window closes: a fine-tuning job then saves its best weights and stops.
+    exiting: Arc<AtomicBool>,
+    recovery_dir: PathBuf,
     dialog_job: Option<JobHandle<(), Option<PathBuf>, String>>,
     dialog_target: Option<DialogTarget>,
     /// Where the running embedding job's result goes: `None` the baseline, else the folder of
@@ -499,6 +524,10 @@ impl App {
             app.after_first_embed.push(Command::StartFineTune);
         }
         app.pending_inspect = options.inspect;
+        if let Some(dir) = options.recovery_dir {
+            app.recovery_dir = dir;
+        }
+        app.announce_recovered_models();
         let data = options.data.unwrap_or_else(bundled_sample);
         app.commands.push(Command::OpenFile(data));
         app
@@ -534,6 +563,8 @@ impl App {
             load_job: None,
             embed_job: None,
             train_job: None,
+            exiting: Arc::new(AtomicBool::new(false)),
+            recovery_dir: default_recovery_dir(),
             dialog_job: None,
             dialog_target: None,
             embed_target: None,
@@ -542,6 +573,81 @@ impl App {
             start_tab: None,
             pending_inspect: None,
             ctx,
+        }
+    }
+
+    /// What closing the window does: loading and embedding stop (nothing is lost: cached vectors
+    /// are written atomically); a fine-tuning job stops at its next step, saves its best weights
+    /// and is waited for; a trained model that is still unsaved goes to the recovery folder.
+    pub fn finish_before_exit(&mut self) {
+        self.exiting.store(true, Ordering::SeqCst);
+        self.load_job = None;
+        self.embed_job = None;
+        self.dialog_job = None;
+        if let Some(job) = self.train_job.take() {
+            eprintln!(
+                "tripletlab: closing; fine-tuning stops and its best weights are saved first"
+            );
+            job.cancel();
+            match job.wait(|_| {}) {
+                Outcome::Finished(Ok(FineTuneResult {
+                    saved: Err((msg, model)),
+                    ..
+                })) => {
+                    eprintln!("tripletlab: saving the trained model failed: {msg}");
+                    self.unsaved = Some(model);
+                }
+                Outcome::Finished(Ok(_)) => {}
+                Outcome::Finished(Err(msg)) => eprintln!("tripletlab: fine-tuning: {msg}"),
+                Outcome::Panicked(msg) => eprintln!("tripletlab: fine-tuning crashed: {msg}"),
+            }
+        }
+        if let Some(model) = self.unsaved.take() {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let dir = self.recovery_dir.join(format!("fine-tuned-{stamp}"));
+            match save_model_folder(
+                &dir,
+                &model.folder,
+                &model.checkpoint,
+                &model.weights,
+                &model.settings,
+                &mut |_| {},
+            ) {
+                Ok(()) => eprintln!(
+                    "tripletlab: the unsaved trained model was saved to {}",
+                    dir.display()
+                ),
+                Err(e) => eprintln!(
+                    "tripletlab: the unsaved trained model is lost: cannot save it to {}: {e}",
+                    dir.display()
+                ),
+            }
+        }
+    }
+
+    /// Tells the user about trained models saved to the recovery folder when the app closed.
+    fn announce_recovered_models(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.recovery_dir) else {
+            return;
+        };
+        let mut found: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("model.safetensors").is_file())
+            .collect();
+        found.sort();
+        for dir in found {
+            self.notify(
+                Level::Warning,
+                format!(
+                    "A fine-tuned model that was not saved when the app last closed is in {}; \
+                     move it where you want to keep it",
+                    dir.display()
+                ),
+            );
         }
     }
 
@@ -993,8 +1099,9 @@ impl App {
             .settings
             .use_cache
             .then(|| EmbeddingCache::new(EmbeddingCache::default_dir()));
+        let exiting = Arc::clone(&self.exiting);
         let spawned = jobs::spawn("save-model", self.wake(), move |ctx| {
-            save_and_embed(model, &out, &opts, &data, cache.as_ref(), ctx)
+            save_and_embed(model, &out, &opts, &data, cache.as_ref(), &exiting, ctx)
         });
         match spawned {
             Ok(h) => self.train_job = Some(h),
@@ -1032,6 +1139,7 @@ impl App {
             .use_cache
             .then(|| EmbeddingCache::new(EmbeddingCache::default_dir()));
         self.train_log = TrainLog::default();
+        let exiting = Arc::clone(&self.exiting);
         let spawned = jobs::spawn(
             "fine-tune",
             self.wake(),
@@ -1041,6 +1149,9 @@ impl App {
                 let (train_set, val_set) = split_by_query(&data.triplets, cfg.val_split, cfg.seed);
                 let outcome = train::train(&folder, &checkpoint, &train_set, &val_set, &cfg, ctx)
                     .map_err(|e| format!("{e:#}"))?;
+                if exiting.load(Ordering::SeqCst) && outcome.steps.is_empty() {
+                    return Err("the app closed before the first training step".into());
+                }
                 if matches!(outcome.stop, StopReason::Cancelled { .. }) {
                     // Stop ended training; the best checkpoint is still saved and embedded, and a
                     // second Stop cancels that.
@@ -1066,7 +1177,7 @@ impl App {
                     stop: outcome.stop,
                     best_step: outcome.best_step,
                 });
-                save_and_embed(model, &out, &opts, &data, cache.as_ref(), ctx)
+                save_and_embed(model, &out, &opts, &data, cache.as_ref(), &exiting, ctx)
             },
         );
         match spawned {
@@ -1145,9 +1256,6 @@ impl eframe::App for App {
     }
 
     fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
-        // Dropping a handle cancels its job; the threads stop at their next check.
-        self.embed_job = None;
-        self.train_job = None;
-        self.load_job = None;
+        self.finish_before_exit();
     }
 }

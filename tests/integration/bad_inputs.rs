@@ -194,3 +194,75 @@ fn mutated_files_never_panic() {
         start.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+fn a_file_rewritten_while_it_is_loaded_gives_one_version_or_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("moving.jsonl");
+    let line = |i: usize| {
+        format!(
+            "{{\"query\": \"q{i} {pad}\", \"pos\": \"p{i}\", \"negative\": \"n{i}\"}}\n",
+            pad = "word ".repeat(200)
+        )
+    };
+    let version = |n: usize| (0..n).map(line).collect::<String>();
+    let (small, large) = (300, 900);
+    std::fs::write(&path, version(small)).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (mut whole, mut changed) = (0, 0);
+    std::thread::scope(|s| {
+        // A pipeline that replaces the file (write elsewhere, rename) and one that appends to it.
+        s.spawn(|| {
+            let tmp = dir.path().join("moving.tmp");
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::fs::write(&tmp, version(if i % 2 == 0 { large } else { small })).unwrap();
+                std::fs::rename(&tmp, &path).unwrap();
+                i += 1;
+            }
+        });
+        for _ in 0..150 {
+            match load_triplets(&path) {
+                Ok(d) => {
+                    assert!(d.len() == small || d.len() == large, "{} rows", d.len());
+                    assert!(d.report.skipped.is_empty());
+                    whole += 1;
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains("changed while it was being read"), "{msg}");
+                    assert!(msg.contains("moving.jsonl"), "{msg}");
+                    changed += 1;
+                }
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    eprintln!("replaced while loading: {whole} whole versions, {changed} refused as changed");
+
+    // Appending: a prefix of whole lines (a cut last line is a skipped row) or a clear error.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::fs::write(&path, version(10)).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            let text = line(7);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (a, b) = text.split_at(text.len() / 2);
+                f.write_all(a.as_bytes()).unwrap();
+                f.write_all(b.as_bytes()).unwrap();
+            }
+        });
+        for _ in 0..50 {
+            match load_triplets(&path) {
+                Ok(d) => assert!(d.report.skipped.len() <= 1),
+                Err(e) => assert!(e.to_string().contains("moving.jsonl"), "{e}"),
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}

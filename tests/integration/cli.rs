@@ -180,3 +180,45 @@ fn errors_exit_non_zero_with_a_message() {
         );
     }
 }
+
+/// The memory budget for reading a triplet file (README "Limits"): peak RSS at most 3.5 times the
+/// file's size plus 64 MiB, checked on a 100 MB JSON-lines file.
+#[test]
+fn checking_a_100_mb_file_stays_within_the_memory_budget() {
+    use std::io::Write;
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("big.jsonl");
+    let rows = dev_triplets(500);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let (mut size, mut n) = (0usize, 0usize);
+    while size < 100_000_000 {
+        let t = &rows[n % rows.len()];
+        let copy = n / rows.len();
+        let line = serde_json::json!({
+            "query": format!("{} ({copy})", t.query),
+            "pos": format!("{} ({copy})", t.pos),
+            "negative": format!("{} ({copy})", t.negative),
+        })
+        .to_string();
+        writeln!(f, "{line}").unwrap();
+        size += line.len() + 1;
+        n += 1;
+    }
+    drop(f);
+    let out = tripletlab(&["check", "--data", path.to_str().unwrap()], work.path());
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains(&format!("{n} triplets,")), "{stdout}");
+    let peak: f64 = stdout
+        .split("peak memory ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no peak memory in {stdout}"));
+    let budget = 3.5 * size as f64 / (1 << 20) as f64 + 64.0;
+    eprintln!("{size} bytes, {n} triplets: peak {peak} MiB (budget {budget:.0} MiB)");
+    assert!(
+        peak <= budget,
+        "peak {peak} MiB over the budget {budget:.0} MiB"
+    );
+}

@@ -310,3 +310,88 @@ fn a_failed_save_keeps_the_trained_model_and_it_can_be_saved_elsewhere() {
     assert!(good.join("model.safetensors").is_file());
     assert_eq!(h.state().fine_tuned_path.as_deref(), Some(good.as_path()));
 }
+
+fn harness_recovering_to(f: &Fixture, recovery: &std::path::Path) -> Harness<'static, App> {
+    let options = AppOptions {
+        data: Some(f.data.clone()),
+        model: Some(f.model.display().to_string()),
+        recovery_dir: Some(recovery.to_path_buf()),
+        ..Default::default()
+    };
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1400.0, 900.0))
+        .build_eframe(move |cc| App::new(cc, options));
+    h.state_mut().settings.use_cache = false;
+    h
+}
+
+#[test]
+fn closing_the_window_during_fine_tuning_saves_the_best_weights() {
+    let f = fixture(40);
+    let recovery = f.work.path().join("recovered");
+    let mut h = harness_recovering_to(&f, &recovery);
+    step_until(&mut h, "the file to load", |a| a.dataset.is_some());
+    let out = f.work.path().join("ft-model");
+    {
+        let s = &mut h.state_mut().settings.train;
+        s.epochs = 500;
+        s.batch_size = 4;
+        s.lr = 1e-3;
+        s.out_dir = out.display().to_string();
+    }
+    h.state_mut().commands.push(Command::ShowTab(Tab::FineTune));
+    h.step();
+    h.step();
+    h.get_by_label("Start fine-tuning").click();
+    step_until(&mut h, "the first loss points", |a| {
+        a.train_log.steps.len() >= 3
+    });
+    let start = Instant::now();
+    eframe::App::on_exit(h.state_mut(), None);
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(30), "closing took {took:?}");
+    assert!(!h.state().is_running(tripletlab::gui::JobKind::FineTune));
+    let card = std::fs::read_to_string(out.join("README.md")).expect("no model was saved");
+    assert!(card.contains("best validation step"), "{card}");
+    tripletlab::core::model::ModelFolder::open(&out, "saved").unwrap();
+    assert!(!recovery.exists(), "nothing was unsaved");
+}
+
+#[test]
+fn closing_the_window_with_an_unsaved_model_keeps_it_in_the_recovery_folder() {
+    let f = fixture(40);
+    let recovery = f.work.path().join("recovered");
+    let mut h = harness_recovering_to(&f, &recovery);
+    step_until(&mut h, "the file to load", |a| a.dataset.is_some());
+    let blocker = f.work.path().join("not-a-folder");
+    std::fs::write(&blocker, "x").unwrap();
+    {
+        let s = &mut h.state_mut().settings.train;
+        s.epochs = 1;
+        s.batch_size = 8;
+        s.out_dir = blocker.join("model").display().to_string();
+    }
+    h.state_mut().commands.push(Command::ShowTab(Tab::FineTune));
+    h.step();
+    h.step();
+    h.get_by_label("Start fine-tuning").click();
+    step_until(&mut h, "the failed save", |a| a.unsaved.is_some());
+    eframe::App::on_exit(h.state_mut(), None);
+    let saved: Vec<_> = std::fs::read_dir(&recovery)
+        .expect("no recovery folder")
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    tripletlab::core::model::ModelFolder::open(&saved[0], "recovered").unwrap();
+    drop(h);
+
+    // The next start says where it is.
+    let mut h = harness_recovering_to(&f, &recovery);
+    h.step();
+    let shown = h
+        .state()
+        .notifications
+        .iter()
+        .any(|n| n.text.contains(&saved[0].display().to_string()));
+    assert!(shown, "no notification about the recovered model");
+}

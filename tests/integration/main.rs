@@ -8,6 +8,7 @@ mod gui;
 mod layering;
 mod metrics_reference;
 mod model_folders;
+mod processes;
 mod real_model;
 mod tiny_encoder;
 mod training;

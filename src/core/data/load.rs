@@ -33,8 +33,47 @@ pub fn load_triplets(path: &Path) -> Result<Dataset, DataError> {
             limit_bytes: MAX_FILE_BYTES,
         });
     }
-    let bytes = std::fs::read(path).map_err(io_err)?;
+    let bytes = read_unchanged(path, &mut || {})?;
     parse_triplets(path, &bytes)
+}
+
+/// Reads a whole file and checks that it did not change meanwhile (size and modification time of
+/// the open file and of the path, before and after): a pipeline still writing the file, or
+/// replacing it, gives [`DataError::ChangedWhileReading`] instead of a mix of two versions.
+/// `after_read` runs between the read and the check (tests change the file there).
+fn read_unchanged(path: &Path, after_read: &mut dyn FnMut()) -> Result<Vec<u8>, DataError> {
+    use std::io::Read;
+    let io_err = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let stamp = |m: &std::fs::Metadata| (m.len(), m.modified().ok(), file_identity(m));
+    let mut file = std::fs::File::open(path).map_err(io_err)?;
+    let before = stamp(&file.metadata().map_err(io_err)?);
+    let mut bytes = Vec::with_capacity(before.0 as usize);
+    file.read_to_end(&mut bytes).map_err(io_err)?;
+    after_read();
+    let now_open = stamp(&file.metadata().map_err(io_err)?);
+    let now_path = std::fs::metadata(path).map(|m| stamp(&m)).ok();
+    if bytes.len() as u64 != before.0 || now_open != before || now_path != Some(before) {
+        return Err(DataError::ChangedWhileReading {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Which file a path names (device and inode), so a file replaced by a rename is noticed even when
+/// the new one has the same size and time stamp.
+#[cfg(unix)]
+fn file_identity(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+#[cfg(not(unix))]
+fn file_identity(_: &std::fs::Metadata) -> (u64, u64) {
+    (0, 0)
 }
 
 /// Validates triplets from bytes already in memory; `path` is used in messages.
@@ -373,6 +412,43 @@ mod tests {
         assert!(err.to_string().contains("UTF-16"));
         let err = parse_triplets(Path::new("x"), b"[\"a\xC3\x28\"]").unwrap_err();
         assert!(matches!(err, DataError::NotUtf8 { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_file_changed_while_read_is_refused() {
+        let dir = std::env::temp_dir().join(format!("tl-changed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("growing.jsonl");
+        let line = "{\"query\": \"q\", \"pos\": \"p\", \"negative\": \"n\"}\n";
+        std::fs::write(&path, line).unwrap();
+        assert_eq!(read_unchanged(&path, &mut || {}).unwrap(), line.as_bytes());
+        let append = || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            f.write_all(line.as_bytes()).unwrap();
+        };
+        let err = read_unchanged(&path, &mut || append()).unwrap_err();
+        assert!(
+            err.to_string().contains("changed while it was being read"),
+            "{err}"
+        );
+        // Replaced by a new file of the same size (the way pipelines write atomically).
+        let other = dir.join("other.jsonl");
+        let err = read_unchanged(&path, &mut || {
+            std::fs::write(&other, line.replace("\"q\"", "\"r\"").repeat(2)).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            std::fs::rename(&other, &path).unwrap();
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, DataError::ChangedWhileReading { .. }),
+            "{err}"
+        );
+        assert_eq!(load_triplets(&path).unwrap().len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -118,6 +118,15 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+    /// The file changed (was written or replaced) while it was being read.
+    #[error(
+        "{path} changed while it was being read (another program is writing it?); \
+         load it again when it is complete"
+    )]
+    ChangedWhileReading {
+        /// The file.
+        path: PathBuf,
+    },
     /// The path is a directory.
     #[error("{path} is a directory, expected a triplet file (.json or .jsonl)")]
     IsDirectory {

@@ -83,6 +83,13 @@ pub fn save_model_folder(
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+    if out.exists() && !out.is_dir() {
+        return Err(SaveError::Target(format!(
+            "{} exists and is not a folder; choose another path",
+            out.display()
+        )));
+    }
+    recover_leftovers(&parent, &name);
     let stamp = format!(
         "{}-{}",
         std::process::id(),
@@ -92,32 +99,112 @@ pub fn save_model_folder(
             .unwrap_or(0)
     );
     let tmp = parent.join(format!(".{name}.partial-{stamp}"));
-    let result = write_folder(&tmp, source, checkpoint, weights, settings, after_file);
+    let result = write_folder(&tmp, source, checkpoint, weights, settings, after_file)
+        .and_then(|()| sync_dir(&tmp));
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    // Swap into place: the old folder (if any) moves aside first, so the target path always holds
-    // a whole folder or nothing.
     let old = parent.join(format!(".{name}.old-{stamp}"));
-    let had_old = out.exists();
-    if had_old {
-        std::fs::rename(out, &old).map_err(io(out))?;
-    }
-    if let Err(e) = std::fs::rename(&tmp, out) {
-        if had_old {
-            let _ = std::fs::rename(&old, out);
-        }
+    if let Err(e) = swap_into_place(&tmp, out, &old) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(SaveError::Io {
             path: out.to_path_buf(),
             source: e,
         });
     }
-    if had_old {
-        let _ = std::fs::remove_dir_all(&old);
+    // After an exchange `tmp` holds the previous folder; after the fallback `old` does.
+    let _ = std::fs::remove_dir_all(&tmp);
+    let _ = std::fs::remove_dir_all(&old);
+    let _ = sync_dir(&parent);
+    Ok(())
+}
+
+/// Puts the finished folder `tmp` at `out`. With a previous folder there, Linux swaps the two in
+/// one atomic `renameat2(RENAME_EXCHANGE)`, so the target path holds the old or the new folder
+/// at every instant, whatever kills the process. Where the file system cannot exchange, the old
+/// folder moves aside to `old` first; a process killed between the two renames leaves the target
+/// missing and `old` whole, which [`recover_leftovers`] puts back before the next save.
+fn swap_into_place(tmp: &Path, out: &Path, old: &Path) -> std::io::Result<()> {
+    if !out.exists() {
+        return std::fs::rename(tmp, out);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{renameat_with, RenameFlags, CWD};
+        use rustix::io::Errno;
+        match renameat_with(CWD, tmp, CWD, out, RenameFlags::EXCHANGE) {
+            Ok(()) => return Ok(()),
+            Err(e) if e == Errno::INVAL || e == Errno::NOSYS || e == Errno::NOTSUP => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    std::fs::rename(out, old)?;
+    if let Err(e) = std::fs::rename(tmp, out) {
+        let _ = std::fs::rename(old, out);
+        return Err(e);
     }
     Ok(())
+}
+
+/// Cleans up after saves of `parent/name` that a killed process left behind: a half-written
+/// `.name.partial-PID-…` folder is removed, and a whole previous folder `.name.old-PID-…` is put
+/// back when the target is missing (removed otherwise). Leftovers of a process still running
+/// (another save in progress) are not touched.
+fn recover_leftovers(parent: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let partial = format!(".{name}.partial-");
+    let old = format!(".{name}.old-");
+    let target = parent.join(name);
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().to_string();
+        let (is_old, rest) = if let Some(rest) = file_name.strip_prefix(&old) {
+            (true, rest)
+        } else if let Some(rest) = file_name.strip_prefix(&partial) {
+            (false, rest)
+        } else {
+            continue;
+        };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if pid.is_none_or(process_may_be_running) {
+            continue;
+        }
+        if is_old && !target.exists() && std::fs::rename(entry.path(), &target).is_ok() {
+            continue;
+        }
+        let _ = std::fs::remove_dir_all(entry.path());
+    }
+}
+
+/// Whether process `pid` may still be running (always true where this cannot be told).
+fn process_may_be_running(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    }
+}
+
+/// Flushes a folder's files and the folder itself to disk (so a power cut after the rename does
+/// not leave empty files behind the new name).
+fn sync_dir(dir: &Path) -> Result<(), SaveError> {
+    fn walk(dir: &Path) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                walk(&entry.path())?;
+            } else {
+                std::fs::File::open(entry.path())?.sync_all()?;
+            }
+        }
+        std::fs::File::open(dir)?.sync_all()
+    }
+    walk(dir).map_err(io(dir))
 }
 
 fn write_folder(

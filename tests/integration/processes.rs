@@ -1,0 +1,310 @@
+//! Faults that need a second process: saves killed at random points, two instances on one cache,
+//! an embedding run killed mid-way, a file the user may not read.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use tripletlab::core::encoder::Prompts;
+use tripletlab::core::model::save::{save_model_folder, SaveSettings};
+use tripletlab::core::model::tiny::TinySpec;
+use tripletlab::core::model::{Checkpoint, ModelFolder};
+
+use crate::common::{fixture, tiny_model};
+
+const LOOP_MODEL: &str = "TRIPLETLAB_TEST_SAVE_LOOP_MODEL";
+const LOOP_OUT: &str = "TRIPLETLAB_TEST_SAVE_LOOP_OUT";
+const LOOP_FIRST: &str = "TRIPLETLAB_TEST_SAVE_LOOP_FIRST";
+
+/// Saves version `v` of the tiny model at `out`: every value of one bias tensor is `v`, and the
+/// model card says `version v`, so a folder mixing two saves is caught.
+fn save_version(folder: &ModelFolder, ck: &Checkpoint, out: &Path, v: u32) {
+    let h = folder.config.hidden_size;
+    let weights = HashMap::from([(
+        "embeddings.LayerNorm.bias".to_string(),
+        Tensor::full(v as f32, h, &Device::Cpu).unwrap(),
+    )]);
+    let settings = SaveSettings {
+        max_seq_length: 32,
+        prompts: Prompts::none(),
+        model_card: format!("version {v}\n"),
+    };
+    save_model_folder(out, folder, ck, &weights, &settings, &mut |_| {}).unwrap();
+}
+
+/// The version a saved folder holds, after checking that the folder is whole and consistent.
+fn version_of(out: &Path) -> u32 {
+    let folder = ModelFolder::open(out, "saved").unwrap_or_else(|e| panic!("half a folder: {e}"));
+    let ck = Checkpoint::read(&folder).unwrap_or_else(|e| panic!("unreadable weights: {e}"));
+    ck.build(&folder).unwrap();
+    let card = std::fs::read_to_string(out.join("README.md")).expect("model card missing");
+    let v: u32 = card
+        .trim()
+        .strip_prefix("version ")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("model card {card:?}"));
+    let bias: Vec<f32> = ck.tensors[&format!("{}embeddings.LayerNorm.bias", ck.prefix)]
+        .to_vec1()
+        .unwrap();
+    assert!(
+        bias.iter().all(|&b| b == v as f32),
+        "the model card says version {v}, the weights another"
+    );
+    v
+}
+
+/// Not a test on its own: the child process of `killed_saves_leave_the_old_or_the_new_folder`,
+/// which saves version after version until it is killed.
+#[test]
+#[ignore = "child process of killed_saves_leave_the_old_or_the_new_folder"]
+fn save_loop_child() {
+    let (Some(model), Some(out), Some(first)) = (
+        std::env::var_os(LOOP_MODEL),
+        std::env::var_os(LOOP_OUT),
+        std::env::var(LOOP_FIRST).ok(),
+    ) else {
+        return;
+    };
+    let folder = ModelFolder::open(Path::new(&model), "tiny").unwrap();
+    let ck = Checkpoint::read(&folder).unwrap();
+    let first: u32 = first.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for v in first.. {
+        save_version(&folder, &ck, Path::new(&out), v);
+        if Instant::now() > deadline {
+            break;
+        }
+    }
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n != "model")
+        .collect()
+}
+
+#[test]
+fn killed_saves_leave_the_old_or_the_new_folder() {
+    let model = tiny_model(&TinySpec::default());
+    let folder = ModelFolder::open(model.path(), "tiny").unwrap();
+    let ck = Checkpoint::read(&folder).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("model");
+    save_version(&folder, &ck, &out, 0);
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    let (mut kills, mut mid_write, mut advanced) = (0, 0, 0);
+    let mut current = 0;
+    for _ in 0..24 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "processes::save_loop_child",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(LOOP_MODEL, model.path())
+            .env(LOOP_OUT, &out)
+            .env(LOOP_FIRST, (current + 1).to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..250)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        // The target path holds a whole folder at every instant: the old one or a newer one.
+        let v = version_of(&out);
+        assert!(v >= current, "version went back from {current} to {v}");
+        if v > current {
+            advanced += 1;
+        }
+        current = v;
+        if !leftovers(work.path()).is_empty() {
+            mid_write += 1;
+        }
+    }
+    eprintln!(
+        "{kills} saving processes killed: {advanced} after a newer save landed, {mid_write} left a \
+         partial folder; the target was whole every time (last version {current})"
+    );
+    // The next save cleans up what the killed processes left.
+    save_version(&folder, &ck, &out, current + 1);
+    assert_eq!(version_of(&out), current + 1);
+    assert_eq!(leftovers(work.path()), Vec::<String>::new());
+}
+
+fn tiny_cli(args: &[&str], model: &Path, cache: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tripletlab"));
+    cmd.args(args)
+        .args(["--model", model.to_str().unwrap(), "--max-seq-len", "32"])
+        .env("TRIPLETLAB_CACHE_DIR", cache);
+    cmd
+}
+
+/// Writes the triplets `range` of the dev fixture as JSON lines.
+fn dev_slice(dir: &Path, name: &str, range: std::ops::Range<usize>) -> PathBuf {
+    let all: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(fixture("patents-dev.json")).unwrap()).unwrap();
+    let path = dir.join(name);
+    let lines: Vec<String> = all[range].iter().map(|v| v.to_string()).collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+fn stderr_of(child: Child) -> (bool, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn two_processes_on_one_cache_lose_nothing() {
+    let model = tiny_model(&TinySpec::default());
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let a = dev_slice(work.path(), "a.jsonl", 0..300);
+    let b = dev_slice(work.path(), "b.jsonl", 200..500);
+    let all = dev_slice(work.path(), "all.jsonl", 0..500);
+    let spawn = |data: &Path| {
+        tiny_cli(
+            &["eval", "--data", data.to_str().unwrap()],
+            model.path(),
+            &cache,
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    // Two instances at once, twice over (the second round also merges segments while the other
+    // instance writes new ones).
+    for _ in 0..2 {
+        let (pa, pb) = (spawn(&a), spawn(&b));
+        let (ok_a, err_a) = stderr_of(pa);
+        let (ok_b, err_b) = stderr_of(pb);
+        assert!(ok_a && ok_b, "{err_a}\n{err_b}");
+        assert!(!err_a.contains("corrupt") && !err_b.contains("corrupt"));
+    }
+    let (ok, err) = stderr_of(spawn(&all));
+    assert!(ok, "{err}");
+    assert!(err.contains(" 0 computed"), "entries were lost: {err}");
+}
+
+#[test]
+fn an_embedding_run_killed_midway_leaves_a_usable_cache() {
+    let model = tiny_model(&TinySpec::default());
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let data = dev_slice(work.path(), "all.jsonl", 0..500);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for _ in 0..4 {
+        let mut child = tiny_cli(
+            &["eval", "--data", data.to_str().unwrap()],
+            model.path(),
+            &cache,
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.random_range(20..600)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let run = || {
+        let out = tiny_cli(
+            &["eval", "--data", data.to_str().unwrap()],
+            model.path(),
+            &cache,
+        )
+        .output()
+        .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let first = run();
+    assert!(!first.contains("corrupt"), "{first}");
+    let second = run();
+    assert!(second.contains(" 0 computed"), "{second}");
+}
+
+/// A file the user may not read: as root (CI containers) permissions do not apply, so the CLI runs
+/// as `nobody` through setpriv; otherwise the loader and the CLI run as the user.
+#[test]
+fn a_file_without_read_permission_is_a_clear_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = work.path().join("secret.json");
+    std::fs::copy(fixture("bad/one-triplet.json"), &data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let model = work.path().join("model");
+    tripletlab::core::model::tiny::write_tiny_bert(&model, &TinySpec::default()).unwrap();
+    for entry in walk(&model) {
+        let mode = if entry.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")))
+        .unwrap_or(false);
+    let mut cmd = if root {
+        // nobody cannot run the binary inside root's home: a copy goes next to the data.
+        let exe = work.path().join("tripletlab");
+        std::fs::copy(env!("CARGO_BIN_EXE_tripletlab"), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            exe.to_str().unwrap(),
+        ]);
+        c
+    } else {
+        let err = tripletlab::core::data::load_triplets(&data).unwrap_err();
+        assert!(
+            err.to_string().contains("secret.json") && err.to_string().contains("ermission"),
+            "{err}"
+        );
+        Command::new(env!("CARGO_BIN_EXE_tripletlab"))
+    };
+    let out = cmd
+        .args(["eval", "--data", data.to_str().unwrap(), "--model"])
+        .arg(&model)
+        .env("TRIPLETLAB_CACHE_DIR", work.path().join("cache"))
+        .env("HOME", work.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("Error: ")
+            && stderr.contains("cannot read")
+            && stderr.contains("secret.json"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ermission denied"), "{stderr}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut all = vec![dir.to_path_buf()];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            all.extend(walk(&p));
+        } else {
+            all.push(p);
+        }
+    }
+    all
+}
