@@ -104,3 +104,108 @@ fn hub_id_without_network_or_cache_says_how_to_use_a_folder() {
         "{msg}"
     );
 }
+
+/// A local stand-in for the Hugging Face hub, speaking the part of its protocol hf-hub uses:
+/// `GET /{repo}/resolve/main/{file}` with a `Range` header, answered with `etag`,
+/// `x-repo-commit` and `content-range`. It serves the files of `repo_dir` as repository `repo`;
+/// other repositories get 401 (as the hub answers for a missing or private one), missing files
+/// 404. Returns the endpoint URL.
+fn mock_hub(repo: &'static str, repo_dir: std::path::PathBuf) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let repo_dir = repo_dir.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let (mut request, mut range) = (String::new(), (0usize, None::<usize>));
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                    if request.is_empty() {
+                        request = line.clone();
+                    }
+                    if let Some(r) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                        let (a, b) = r.trim().split_once('-').unwrap_or(("0", ""));
+                        range = (a.parse().unwrap_or(0), b.parse().ok());
+                    }
+                    line.clear();
+                }
+                let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+                let mut out = stream;
+                let mut reply = |status: &str, headers: &str, body: &[u8]| {
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = out.write_all(head.as_bytes());
+                    let _ = out.write_all(body);
+                };
+                let Some(file) = path.strip_prefix(&format!("/{repo}/resolve/main/")) else {
+                    return reply("401 Unauthorized", "", b"");
+                };
+                let Ok(bytes) = std::fs::read(repo_dir.join(file)) else {
+                    return reply("404 Not Found", "", b"");
+                };
+                let start = range.0.min(bytes.len());
+                let end = range.1.map_or(bytes.len(), |e| (e + 1).min(bytes.len()));
+                let headers = format!(
+                    "etag: \"{}\"\r\nx-repo-commit: 0123456789abcdef0123456789abcdef01234567\r\n\
+                     content-range: bytes {start}-{}/{}\r\n",
+                    blake3::hash(&bytes).to_hex(),
+                    end.saturating_sub(1),
+                    bytes.len()
+                );
+                reply("206 Partial Content", &headers, &bytes[start..end]);
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn a_hub_model_downloads_into_the_cache_and_a_missing_id_is_named() {
+    let model = tiny_model(&TinySpec::default());
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("t.json");
+    std::fs::write(
+        &data,
+        serde_json::to_string(&crate::common::dev_triplets(12)).unwrap(),
+    )
+    .unwrap();
+    let endpoint = mock_hub("acme/tiny-bert", model.path().to_path_buf());
+    let hf_home = work.path().join("hf");
+    let run = |id: &str, endpoint: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tripletlab"))
+            .args(["eval", "--data", data.to_str().unwrap(), "--model", id])
+            .env("HF_HOME", &hf_home)
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("HF_HUB_OFFLINE")
+            .env("HF_ENDPOINT", endpoint)
+            .env("TRIPLETLAB_CACHE_DIR", work.path().join("cache"))
+            .output()
+            .unwrap()
+    };
+    let out = run("acme/tiny-bert", &endpoint);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Model acme/tiny-bert"), "{stderr}");
+    let snapshot = hf_home.join("hub/models--acme--tiny-bert/snapshots");
+    assert!(snapshot.is_dir(), "nothing in the HF cache");
+
+    // Cached: no endpoint needed any more.
+    let out = run("acme/tiny-bert", "http://127.0.0.1:9");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = run("acme/does-not-exist", &endpoint);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("`acme/does-not-exist` was not found on the Hugging Face hub"),
+        "{stderr}"
+    );
+}
