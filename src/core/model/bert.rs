@@ -3,7 +3,7 @@
 //! checkpoint (`embeddings.word_embeddings.weight`, `encoder.layer.N.attention.self.query.weight`,
 //! ...) so the same tensor map can be written back.
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{BertConfig, HiddenAct};
@@ -57,7 +57,7 @@ impl Linear {
 
     /// xs: (n, in_dim) -> (n, out_dim).
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        xs.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+        super::matmul::product(xs, &self.weight, false, true)?.broadcast_add(&self.bias)
     }
 }
 
@@ -192,27 +192,41 @@ impl Layer {
         let (n, h) = xs.dims2()?;
         let b_sz = n / seq_len;
         let head_dim = h / self.num_heads;
-        let heads = |t: Tensor| -> Result<Tensor> {
-            t.reshape((b_sz, seq_len, self.num_heads, head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = heads((self.query.forward(xs)? * (1.0 / (head_dim as f64).sqrt()))?)?;
-        let k = heads(self.key.forward(xs)?)?;
-        let v = heads(self.value.forward(xs)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask_bias)?; // (b, heads, s, s)
-        let probs = if mode.is_train() {
-            candle_nn::ops::softmax(&scores, D::Minus1)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        };
+        // One product for query, key and value: (n, 3h), then (3, b, heads, s, head_dim).
+        let qkv = Linear {
+            weight: Tensor::cat(
+                &[&self.query.weight, &self.key.weight, &self.value.weight],
+                0,
+            )?,
+            bias: Tensor::cat(&[&self.query.bias, &self.key.bias, &self.value.bias], 0)?,
+        }
+        .forward(xs)?
+        .reshape((b_sz, seq_len, 3, self.num_heads, head_dim))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()?;
+        let bh = b_sz * self.num_heads;
+        let q =
+            (qkv.get(0)? * (1.0 / (head_dim as f64).sqrt()))?.reshape((bh, seq_len, head_dim))?;
+        let k = qkv.get(1)?.reshape((bh, seq_len, head_dim))?;
+        let v = qkv.get(2)?.reshape((bh, seq_len, head_dim))?;
+        let scores = super::matmul::product(&q, &k, false, true)?.reshape((
+            b_sz,
+            self.num_heads,
+            seq_len,
+            seq_len,
+        ))?;
+        let probs = super::kernels::masked_softmax(&scores, mask_bias)?;
         let probs = mode.dropout(&probs, self.attn_dropout)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((n, h))?;
+        let ctx =
+            super::matmul::product(&probs.reshape((bh, seq_len, seq_len))?, &v, false, false)?
+                .reshape((b_sz, self.num_heads, seq_len, head_dim))?
+                .transpose(1, 2)?
+                .reshape((n, h))?;
         let attn = mode.dropout(&self.attn_out.forward(&ctx)?, self.hidden_dropout)?;
         let xs = self.attn_norm.forward(&(attn + xs)?, mode.is_train())?;
         let inter = self.intermediate.forward(&xs)?;
         let inter = match self.act {
-            HiddenAct::Gelu => inter.gelu_erf()?,
+            HiddenAct::Gelu => super::kernels::gelu_erf(&inter)?,
             HiddenAct::GeluNew => inter.gelu()?,
             HiddenAct::Relu => inter.relu()?,
         };

@@ -2,9 +2,12 @@
 //! (sentence-transformers or plain Hugging Face layout), hub resolution and weight loading.
 
 pub mod bert;
+pub mod blas;
 pub mod config;
 mod folder;
 mod hub;
+mod kernels;
+mod matmul;
 pub mod save;
 pub mod tiny;
 
