@@ -23,10 +23,6 @@ pub enum Mode<'a> {
 }
 
 impl Mode<'_> {
-    fn is_train(&self) -> bool {
-        matches!(self, Mode::Train(_))
-    }
-
     fn dropout(&mut self, xs: &Tensor, p: f64) -> Result<Tensor> {
         match self {
             Mode::Train(rng) if p > 0.0 => {
@@ -57,7 +53,7 @@ impl Linear {
 
     /// xs: (n, in_dim) -> (n, out_dim).
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        super::matmul::product(xs, &self.weight, false, true)?.broadcast_add(&self.bias)
+        super::matmul::linear(xs, &self.weight, &self.bias)
     }
 }
 
@@ -83,13 +79,8 @@ impl LayerNorm {
         })
     }
 
-    fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        if train {
-            // The fused kernel has no backward pass; the composed version does.
-            candle_nn::ops::layer_norm_slow(xs, &self.weight, &self.bias, self.eps as f32)
-        } else {
-            candle_nn::ops::layer_norm(&xs.contiguous()?, &self.weight, &self.bias, self.eps as f32)
-        }
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        super::kernels::layer_norm(xs, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -139,7 +130,7 @@ impl Embeddings {
             .broadcast_as((b_sz, seq_len, h))?
             .reshape((b_sz * seq_len, h))?;
         let xs = ((words + types)? + pos)?;
-        let xs = self.layer_norm.forward(&xs, mode.is_train())?;
+        let xs = self.layer_norm.forward(&xs)?;
         mode.dropout(&xs, self.dropout)
     }
 }
@@ -205,8 +196,7 @@ impl Layer {
         .permute((2, 0, 3, 1, 4))?
         .contiguous()?;
         let bh = b_sz * self.num_heads;
-        let q =
-            (qkv.get(0)? * (1.0 / (head_dim as f64).sqrt()))?.reshape((bh, seq_len, head_dim))?;
+        let q = qkv.get(0)?.reshape((bh, seq_len, head_dim))?;
         let k = qkv.get(1)?.reshape((bh, seq_len, head_dim))?;
         let v = qkv.get(2)?.reshape((bh, seq_len, head_dim))?;
         let scores = super::matmul::product(&q, &k, false, true)?.reshape((
@@ -215,7 +205,8 @@ impl Layer {
             seq_len,
             seq_len,
         ))?;
-        let probs = super::kernels::masked_softmax(&scores, mask_bias)?;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let probs = super::kernels::masked_softmax(&scores, mask_bias, scale)?;
         let probs = mode.dropout(&probs, self.attn_dropout)?;
         let ctx =
             super::matmul::product(&probs.reshape((bh, seq_len, seq_len))?, &v, false, false)?
@@ -223,7 +214,7 @@ impl Layer {
                 .transpose(1, 2)?
                 .reshape((n, h))?;
         let attn = mode.dropout(&self.attn_out.forward(&ctx)?, self.hidden_dropout)?;
-        let xs = self.attn_norm.forward(&(attn + xs)?, mode.is_train())?;
+        let xs = self.attn_norm.forward(&(attn + xs)?)?;
         let inter = self.intermediate.forward(&xs)?;
         let inter = match self.act {
             HiddenAct::Gelu => super::kernels::gelu_erf(&inter)?,
@@ -231,7 +222,7 @@ impl Layer {
             HiddenAct::Relu => inter.relu()?,
         };
         let out = mode.dropout(&self.output.forward(&inter)?, self.hidden_dropout)?;
-        self.out_norm.forward(&(out + xs)?, mode.is_train())
+        self.out_norm.forward(&(out + xs)?)
     }
 }
 

@@ -120,7 +120,7 @@ fn open(name: &str) -> Option<Blas> {
     };
     // [[1,2],[3,4]] x [[5,6],[7,8]]^T = [[17,23],[39,53]]
     let (a, b, mut c) = ([1f32, 2., 3., 4.], [5f32, 6., 7., 8.], [0f32; 4]);
-    call_blas(&blas, false, true, 2, 2, 2, &a, 2, &b, 2, &mut c);
+    call_blas(&blas, false, true, 2, 2, 2, &a, 2, &b, 2, &mut c, false);
     (c == [17., 23., 39., 53.]).then_some(blas)
 }
 
@@ -151,6 +151,7 @@ fn call_blas(
     b: &[f32],
     ldb: usize,
     c: &mut [f32],
+    accumulate: bool,
 ) {
     let flag = |t: bool| if t { CBLAS_TRANS } else { CBLAS_NO_TRANS };
     // The last element each operand's description reaches.
@@ -176,7 +177,7 @@ fn call_blas(
             lda as i32,
             b.as_ptr(),
             ldb as i32,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             c.as_mut_ptr(),
             n as i32,
         )
@@ -199,6 +200,36 @@ pub fn sgemm(
     b: &[f32],
     c: &mut [f32],
 ) {
+    gemm_into(trans_a, trans_b, m, n, k, a, b, c, false)
+}
+
+/// `c += op(a) · op(b)`, as [`sgemm`] otherwise (the dense layers start `c` as their bias).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_add(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+) {
+    gemm_into(trans_a, trans_b, m, n, k, a, b, c, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_into(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    accumulate: bool,
+) {
     assert!(covers(a.len(), m, k), "sgemm: A is shorter than {m} x {k}");
     assert!(covers(b.len(), k, n), "sgemm: B is shorter than {k} x {n}");
     assert!(covers(c.len(), m, n), "sgemm: C is shorter than {m} x {n}");
@@ -210,7 +241,9 @@ pub fn sgemm(
         return;
     }
     if k == 0 {
-        c[..m * n].fill(0.0);
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
         return;
     }
     if let Some(blas) = blas() {
@@ -232,7 +265,7 @@ pub fn sgemm(
                 // op(A)'s rows i0.. start at row i0 of A, or at column i0 when A is transposed.
                 let a_part = if trans_a { &a[i0..] } else { &a[i0 * k..] };
                 call_blas(
-                    blas, trans_a, trans_b, mi, n, k, a_part, lda, b, ldb, c_rows,
+                    blas, trans_a, trans_b, mi, n, k, a_part, lda, b, ldb, c_rows, accumulate,
                 );
             });
         return;
@@ -243,7 +276,7 @@ pub fn sgemm(
     } else {
         gemm::Parallelism::None
     };
-    builtin(trans_a, trans_b, m, n, k, a, b, c, parallelism);
+    builtin(trans_a, trans_b, m, n, k, a, b, c, parallelism, accumulate);
 }
 
 /// [`builtin`] on the calling thread.
@@ -258,7 +291,18 @@ fn builtin_single(
     b: &[f32],
     c: &mut [f32],
 ) {
-    builtin(trans_a, trans_b, m, n, k, a, b, c, gemm::Parallelism::None)
+    builtin(
+        trans_a,
+        trans_b,
+        m,
+        n,
+        k,
+        a,
+        b,
+        c,
+        gemm::Parallelism::None,
+        false,
+    )
 }
 
 /// [`sgemm`] on the `gemm` crate, for inputs [`sgemm`] has checked.
@@ -273,6 +317,7 @@ fn builtin(
     b: &[f32],
     c: &mut [f32],
     parallelism: gemm::Parallelism,
+    accumulate: bool,
 ) {
     assert!(covers(a.len(), m, k) && covers(b.len(), k, n) && covers(c.len(), m, n));
     // Strides of op(a)[i][p] and op(b)[p][j] in the row-major buffers.
@@ -288,14 +333,14 @@ fn builtin(
             c.as_mut_ptr(),
             1,
             n as isize,
-            false,
+            accumulate,
             a.as_ptr(),
             a_cs as isize,
             a_rs as isize,
             b.as_ptr(),
             b_cs as isize,
             b_rs as isize,
-            0.0,
+            1.0,
             1.0,
             false,
             false,
@@ -338,7 +383,7 @@ pub fn sgemm_batched(
             match lib {
                 Some(lib) => {
                     let (lda, ldb) = (if trans_a { m } else { k }, if trans_b { k } else { n });
-                    call_blas(lib, trans_a, trans_b, m, n, k, ai, lda, bi, ldb, ci)
+                    call_blas(lib, trans_a, trans_b, m, n, k, ai, lda, bi, ldb, ci, false)
                 }
                 None => builtin_single(trans_a, trans_b, m, n, k, ai, bi, ci),
             }
@@ -401,6 +446,26 @@ mod tests {
                     let mut c = vec![f32::NAN; m * n];
                     builtin_single(ta, tb, m, n, k, &a, &b, &mut c);
                     assert_eq!(c, want, "built-in {m}x{n}x{k} {ta} {tb}");
+                    // Accumulating onto a start value, on both paths.
+                    let start: Vec<f32> = (0..m * n).map(|i| (i % 5) as f32).collect();
+                    let sum: Vec<f32> = want.iter().zip(&start).map(|(w, s)| w + s).collect();
+                    let mut c = start.clone();
+                    sgemm_add(ta, tb, m, n, k, &a, &b, &mut c);
+                    assert_eq!(c, sum, "{} add {m}x{n}x{k} {ta} {tb}", backend());
+                    let mut c = start.clone();
+                    builtin(
+                        ta,
+                        tb,
+                        m,
+                        n,
+                        k,
+                        &a,
+                        &b,
+                        &mut c,
+                        gemm::Parallelism::None,
+                        true,
+                    );
+                    assert_eq!(c, sum, "built-in add {m}x{n}x{k} {ta} {tb}");
                 }
             }
         }

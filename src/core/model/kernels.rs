@@ -3,14 +3,14 @@
 //! its padding mask added in the same pass. Both use a branch-free `exp` the compiler vectorises.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Elements per parallel work item.
 const CHUNK: usize = 1 << 14;
 
-/// `e^x` to within 2 ulp for x in [-87, 88]; 0 below, +inf above. Branch-free (Cephes' `expf`
-/// polynomial after a range reduction by powers of two).
+/// `e^x` to within 2 ulp for x in [-87, 88]; 0 below, +inf above. Branch-free, so loops over
+/// slices vectorise (Cephes' `expf` polynomial after a range reduction by powers of two).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -18,7 +18,9 @@ pub fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a libm call.
     const ROUND: f32 = 12_582_912.0;
-    let xc = x.clamp(-87.0, 88.0);
+    // max/min rather than clamp: NaN in gives a number out instead of NaN, and no assert.
+    #[allow(clippy::manual_clamp)]
+    let xc = x.max(-87.0).min(88.0);
     let n = (xc * LOG2E + ROUND) - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
@@ -28,11 +30,13 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let er = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    // 2^n: n + 2^23 + 127 holds n + 127 in its low mantissa bits; shifting them into the
+    // exponent field (the high bits fall off) builds the power of two without a float-to-int
+    // conversion.
+    let scale = f32::from_bits((n + 8_388_735.0).to_bits() << 23);
     let y = er * scale;
-    if x < -87.0 {
-        0.0
-    } else if x > 88.0 {
+    let y = if x < -87.0 { 0.0 } else { y };
+    if x > 88.0 {
         f32::INFINITY
     } else {
         y
@@ -141,8 +145,11 @@ pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
     xs.contiguous()?.apply_op1(Gelu)
 }
 
-/// Softmax over the last dimension of `scores` (b, heads, s, s) after adding `mask` (b, 1, 1, s).
-struct MaskedSoftmax;
+/// Softmax over the last dimension of `scale * scores` (b, heads, s, s) after adding `mask`
+/// (b, 1, 1, s).
+struct MaskedSoftmax {
+    scale: f32,
+}
 
 impl CustomOp2 for MaskedSoftmax {
     fn name(&self) -> &'static str {
@@ -174,17 +181,15 @@ impl CustomOp2 for MaskedSoftmax {
                     let row = first_row + r;
                     let x = &scores[row * s..(row + 1) * s];
                     let m = &mask[(row / (h * s)) * s..][..s];
-                    let mut max = f32::NEG_INFINITY;
+                    // Separate passes so each one vectorises.
                     for (o, (&x, &m)) in o.iter_mut().zip(x.iter().zip(m)) {
-                        *o = x + m;
-                        max = max.max(*o);
+                        *o = x * self.scale + m;
                     }
-                    let mut sum = 0f32;
+                    let max = max8(o);
                     for o in o.iter_mut() {
                         *o = exp(*o - max);
-                        sum += *o;
                     }
-                    let inv = 1.0 / sum;
+                    let inv = 1.0 / sum8(o, |_, v| v);
                     o.iter_mut().for_each(|o| *o *= inv);
                 }
             });
@@ -198,13 +203,15 @@ impl CustomOp2 for MaskedSoftmax {
         probs: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let d = probs.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?;
+        let d = probs.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad { scale: self.scale })?;
         Ok((Some(d), None))
     }
 }
 
-/// p * (g - sum(g * p)) per row: the softmax's backward pass.
-struct SoftmaxGrad;
+/// scale * p * (g - sum(g * p)) per row: the scaled softmax's backward pass.
+struct SoftmaxGrad {
+    scale: f32,
+}
 
 impl CustomOp2 for SoftmaxGrad {
     fn name(&self) -> &'static str {
@@ -235,7 +242,7 @@ impl CustomOp2 for SoftmaxGrad {
                 for ((o, p), g) in o.chunks_mut(s).zip(p.chunks(s)).zip(g.chunks(s)) {
                     let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
                     for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
-                        *o = p * (g - dot);
+                        *o = self.scale * p * (g - dot);
                     }
                 }
             });
@@ -243,12 +250,213 @@ impl CustomOp2 for SoftmaxGrad {
     }
 }
 
-/// softmax(scores + mask) over the last dimension; scores (b, heads, s, s), mask (b, 1, 1, s)
-/// (0 where attended, a large negative number on padding). Differentiable in `scores`.
-pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    scores
-        .contiguous()?
-        .apply_op2(&mask.contiguous()?, MaskedSoftmax)
+/// softmax(scale * scores + mask) over the last dimension; scores (b, heads, s, s), mask
+/// (b, 1, 1, s) (0 where attended, a large negative number on padding). Differentiable in
+/// `scores`.
+pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    scores.contiguous()?.apply_op2(
+        &mask.contiguous()?,
+        MaskedSoftmax {
+            scale: scale as f32,
+        },
+    )
+}
+
+/// Sum of a slice with eight independent accumulators (vectorises; the order differs from a
+/// left-to-right sum by rounding only).
+#[inline(always)]
+fn sum8(xs: &[f32], f: impl Fn(usize, f32) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = xs.len() / 8;
+    for c in 0..chunks {
+        for (l, a) in acc.iter_mut().enumerate() {
+            let i = c * 8 + l;
+            *a += f(i, xs[i]);
+        }
+    }
+    let mut total: f32 = acc.iter().sum();
+    for (i, &x) in xs.iter().enumerate().skip(chunks * 8) {
+        total += f(i, x);
+    }
+    total
+}
+
+/// Largest element (eight lanes, so it vectorises); -inf for an empty slice.
+#[inline(always)]
+fn max8(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    let mut m = acc
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &a| if a > m { a } else { m });
+    for &x in rest {
+        m = if x > m { x } else { m };
+    }
+    m
+}
+
+/// Mean and 1/sqrt(variance + eps) of one row.
+#[inline(always)]
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let d = x.len() as f32;
+    let mean = sum8(x, |_, v| v) / d;
+    let var = sum8(x, |_, v| (v - mean) * (v - mean)) / d;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// Layer normalisation over the last dimension with weight and bias.
+struct LayerNorm {
+    eps: f32,
+}
+
+/// Rows of a (n, d) view of a contiguous tensor with `d` = its last dimension.
+fn rows_of(l: &Layout) -> (usize, usize) {
+    let d = *l.dims().last().unwrap_or(&1);
+    (l.shape().elem_count() / d.max(1), d)
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "tripletlab-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = data(s1, l1, "layer norm input")?;
+        let w = data(s2, l2, "layer norm weight")?;
+        let b = data(s3, l3, "layer norm bias")?;
+        let (n, d) = rows_of(l1);
+        if w.len() != d || b.len() != d {
+            candle_core::bail!(
+                "layer norm: rows of {d}, weight {}, bias {}",
+                w.len(),
+                b.len()
+            );
+        }
+        let mut out = vec![0f32; n * d];
+        let rows_per_item = (CHUNK / d.max(1)).max(1);
+        out.par_chunks_mut(rows_per_item * d)
+            .zip(x.par_chunks(rows_per_item * d))
+            .for_each(|(o, x)| {
+                for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
+                    let (mean, rstd) = row_stats(x, self.eps);
+                    for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+                        *o = (x - mean) * rstd * w + b;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, d) = (x.elem_count() / w.elem_count(), w.elem_count());
+        let all = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormGrad { eps: self.eps })?;
+        let dx = all.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = all.narrow(0, n, 1)?.reshape(d)?;
+        let db = all.narrow(0, n + 1, 1)?.reshape(d)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// The layer norm's backward pass: rows 0..n are dx, row n is d(weight), row n + 1 is d(bias).
+struct LayerNormGrad {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "tripletlab-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = data(s1, l1, "layer norm grad input")?;
+        let w = data(s2, l2, "layer norm grad weight")?;
+        let g = data(s3, l3, "layer norm grad")?;
+        let (n, d) = rows_of(l1);
+        if w.len() != d || g.len() != n * d {
+            candle_core::bail!(
+                "layer norm grad: shapes {:?}, {:?}, {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let mut out = vec![0f32; (n + 2) * d];
+        let (dx, dwb) = out.split_at_mut(n * d);
+        let rows_per_item = (CHUNK / d.max(1)).max(1);
+        // dx per row; each work item also sums its rows' contributions to d(weight), d(bias).
+        let partial: Vec<Vec<f32>> = dx
+            .par_chunks_mut(rows_per_item * d)
+            .zip(
+                x.par_chunks(rows_per_item * d)
+                    .zip(g.par_chunks(rows_per_item * d)),
+            )
+            .map(|(dx, (x, g))| {
+                let mut acc = vec![0f32; 2 * d];
+                let (dw, db) = acc.split_at_mut(d);
+                let mut xhat = vec![0f32; d];
+                for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
+                    let (mean, rstd) = row_stats(x, self.eps);
+                    for (h, &x) in xhat.iter_mut().zip(x) {
+                        *h = (x - mean) * rstd;
+                    }
+                    let mean_dh = sum8(g, |i, g| g * w[i]) / d as f32;
+                    let mean_dh_h = sum8(g, |i, g| g * w[i] * xhat[i]) / d as f32;
+                    for i in 0..d {
+                        let dh = g[i] * w[i];
+                        dx[i] = rstd * (dh - mean_dh - xhat[i] * mean_dh_h);
+                        dw[i] += g[i] * xhat[i];
+                        db[i] += g[i];
+                    }
+                }
+                acc
+            })
+            .collect();
+        for acc in partial {
+            for (o, a) in dwb.iter_mut().zip(acc) {
+                *o += a;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n + 2, d))))
+    }
+}
+
+/// Layer normalisation over the last dimension (as torch's `LayerNorm`), differentiable in the
+/// input, weight and bias.
+pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    xs.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        LayerNorm { eps: eps as f32 },
+    )
 }
 
 #[cfg(test)]
@@ -286,6 +494,31 @@ mod tests {
     }
 
     #[test]
+    fn layer_norm_matches_candle_with_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0.5f32, 2.0, (3, 4, 19), &dev).unwrap();
+        let w = Var::randn(1f32, 0.3, 19, &dev).unwrap();
+        let b = Var::randn(0f32, 0.3, 19, &dev).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (3, 4, 19), &dev).unwrap();
+        let ours = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-12).unwrap();
+        let theirs =
+            candle_nn::ops::layer_norm_slow(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-12)
+                .unwrap();
+        assert!(max_diff(&ours, &theirs) < 1e-5);
+        let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (theirs * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &w, &b] {
+            let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+            assert!(d < 1e-4, "gradient differs by {d}");
+        }
+    }
+
+    #[test]
     fn gelu_and_masked_softmax_match_candle_with_gradients() {
         let dev = Device::Cpu;
         let x = Var::randn(0f32, 2.0, (3, 5, 7), &dev).unwrap();
@@ -308,10 +541,10 @@ mod tests {
             .reshape((2, 1, 1, 4))
             .unwrap();
         let up = Tensor::randn(0f32, 1.0, (2, 3, 4, 4), &dev).unwrap();
-        let ours = masked_softmax(scores.as_tensor(), &mask).unwrap();
+        let ours = masked_softmax(scores.as_tensor(), &mask, 0.5).unwrap();
+        let scaled = (scores.as_tensor() * 0.5).unwrap();
         let theirs =
-            candle_nn::ops::softmax(&scores.as_tensor().broadcast_add(&mask).unwrap(), D::Minus1)
-                .unwrap();
+            candle_nn::ops::softmax(&scaled.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-6);
         let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (theirs * &up)

@@ -3,7 +3,7 @@
 //! inference and training.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// `op(a) · op(b)` where op transposes when the flag is set.
 #[derive(Debug, Clone, Copy)]
@@ -102,10 +102,112 @@ pub fn product(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<T
         .apply_op2(&b.contiguous()?, Gemm { trans_a, trans_b })
 }
 
+/// A dense layer, `x · wᵀ + bias`, in one product that starts from the bias.
+struct Linear;
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "tripletlab-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, 1, m, k) = matrix(s1, l1, "linear input")? else {
+            candle_core::bail!("linear: a batch of matrices as input")
+        };
+        let (w, 1, n, k2) = matrix(s2, l2, "linear weight")? else {
+            candle_core::bail!("linear: a batch of matrices as weight")
+        };
+        let CpuStorage::F32(bias) = s3 else {
+            candle_core::bail!("linear bias: expected f32")
+        };
+        let bias = match l3.contiguous_offsets() {
+            Some((start, end)) if end - start == n => &bias[start..end],
+            _ => candle_core::bail!("linear: bias of shape {:?} for {n} outputs", l3.dims()),
+        };
+        if k != k2 {
+            candle_core::bail!("linear: input {:?} and weight {:?}", l1.dims(), l2.dims());
+        }
+        let mut c: Vec<f32> = Vec::with_capacity(m * n);
+        for _ in 0..m {
+            c.extend_from_slice(bias);
+        }
+        super::blas::sgemm_add(false, true, m, n, k, x, w, &mut c);
+        Ok((CpuStorage::F32(c), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = grad.contiguous()?;
+        let dx = product(&g, w, false, false)?;
+        let dw = product(&g, x, true, false)?;
+        let db = g.sum(0)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `x · wᵀ + bias` for x (n, in), w (out, in), bias (out); differentiable in all three.
+pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &bias.contiguous()?, Linear)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn linear_matches_candle_with_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1.0, (9, 6), &dev).unwrap();
+        let w = Var::randn(0f32, 1.0, (4, 6), &dev).unwrap();
+        let b = Var::randn(0f32, 1.0, 4, &dev).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (9, 4), &dev).unwrap();
+        let ours = linear(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
+        let theirs = x
+            .as_tensor()
+            .matmul(&w.as_tensor().t().unwrap())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap();
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        assert!(diff(&ours, &theirs) < 1e-5);
+        let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (theirs * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &w, &b] {
+            assert!(diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-5);
+        }
+    }
 
     #[test]
     fn forward_and_gradients_match_candles_matmul() {
