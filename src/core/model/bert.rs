@@ -27,7 +27,7 @@ impl Mode<'_> {
         match self {
             Mode::Train(rng) if p > 0.0 => {
                 let mask = rng.mask(xs.elem_count(), p as f32);
-                let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
+                let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?;
                 xs * mask
             }
             _ => Ok(xs.clone()),

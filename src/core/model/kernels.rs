@@ -18,7 +18,7 @@ pub fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a libm call.
     const ROUND: f32 = 12_582_912.0;
-    // max/min rather than clamp: NaN in gives a number out instead of NaN, and no assert.
+    // max/min rather than clamp (no assert); NaN is passed through at the end.
     #[allow(clippy::manual_clamp)]
     let xc = x.max(-87.0).min(88.0);
     let n = (xc * LOG2E + ROUND) - ROUND;
@@ -36,8 +36,9 @@ pub fn exp(x: f32) -> f32 {
     let scale = f32::from_bits((n + 8_388_735.0).to_bits() << 23);
     let y = er * scale;
     let y = if x < -87.0 { 0.0 } else { y };
-    if x > 88.0 {
-        f32::INFINITY
+    let y = if x > 88.0 { f32::INFINITY } else { y };
+    if x.is_nan() {
+        x
     } else {
         y
     }
@@ -478,6 +479,7 @@ mod tests {
         assert!(worst_erf < 1e-6, "erf absolute error {worst_erf}");
         assert_eq!(exp(-1e9), 0.0);
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert!(exp(f32::NAN).is_nan() && erf(f32::NAN).is_nan());
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
