@@ -308,3 +308,79 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     all
 }
+
+/// A small tmpfs mounted for one test and unmounted when dropped (needs root, as in CI).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(at.to_path_buf()))
+    }
+
+    /// Writes a filler file until the disk is full.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).and_then(|()| f.flush()).is_ok() {}
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_save_cleanly_and_embedding_runs_uncached() {
+    let work = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&work.path().join("disk"), "64k") else {
+        // Without the right to mount (not root), a read-only or impossible folder stands in for
+        // a full disk: see training.rs and tiny_encoder.rs.
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    };
+    disk.fill();
+    let model = tiny_model(&TinySpec::default());
+    let folder = ModelFolder::open(model.path(), "tiny").unwrap();
+    let ck = Checkpoint::read(&folder).unwrap();
+    let settings = SaveSettings {
+        max_seq_length: 32,
+        prompts: Prompts::none(),
+        model_card: "# test\n".into(),
+    };
+    let out = disk.0.join("model");
+    let err = save_model_folder(&out, &folder, &ck, &HashMap::new(), &settings, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(!out.exists());
+    let left: Vec<_> = std::fs::read_dir(&disk.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "filler")
+        .collect();
+    assert!(left.is_empty(), "the failed save left {left:?}");
+
+    let cache = tripletlab::core::cache::EmbeddingCache::new(disk.0.join("cache"));
+    let enc = crate::common::encoder(model.path(), &Default::default());
+    let triplets = crate::common::dev_triplets(10);
+    let r = crate::common::quiet(|ctx| {
+        tripletlab::core::encoder::embed_triplets(&enc, &triplets, Some(&cache), ctx)
+    })
+    .unwrap();
+    assert!(r.computed > 0);
+    assert!(
+        r.cache_warnings.iter().any(|w| w.contains("not cached")),
+        "{:?}",
+        r.cache_warnings
+    );
+}
