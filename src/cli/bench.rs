@@ -109,12 +109,16 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         let steps = std::sync::Mutex::new(Vec::new());
         let emit = |u: Update<TrainEvent>| {
             if let Update::Point(TrainEvent::Step(s)) = u {
-                steps.lock().expect("lock").push(s.step_secs);
+                steps
+                    .lock()
+                    .expect("lock")
+                    .push((s.step_secs, s.phase_secs));
             }
         };
         let ctx = JobCtx::new(CancelToken::new(), &emit);
         train::train(&folder, &checkpoint, train_set, val, &cfg, &ctx)?;
-        let secs = steps.into_inner().expect("lock");
+        let (secs, phases): (Vec<f64>, Vec<[f64; 3]>) =
+            steps.into_inner().expect("lock").into_iter().unzip();
         // The first step pays for allocations and warm caches, as the anchor's first step does.
         let timed = if secs.len() > 1 {
             &secs[1..]
@@ -126,9 +130,14 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             median(timed),
             timed.len()
         );
+        let phase = |i: usize| median(&phases.iter().skip(1).map(|p| p[i]).collect::<Vec<_>>());
+        let (fwd, bwd, upd) = (phase(0), phase(1), phase(2));
+        eprintln!("  of which forward {fwd:.2} s, backward {bwd:.2} s, clip and update {upd:.2} s");
         report.insert(
             "train_step".into(),
-            json!({"seconds": secs, "median_secs_after_first": median(timed)}),
+            json!({"seconds": secs, "median_secs_after_first": median(timed),
+                   "median_forward_secs": fwd, "median_backward_secs": bwd,
+                   "median_update_secs": upd}),
         );
     }
 

@@ -32,6 +32,7 @@ fn load_and_embed(
         p.query,
         p.document
     );
+    super::note_builtin_gemm();
     let cache = (!args.no_cache).then(|| EmbeddingCache::new(EmbeddingCache::default_dir()));
     let start = std::time::Instant::now();
     let emb = bar.run(|ctx| embed_triplets(&encoder, &data.triplets, cache.as_ref(), ctx))?;

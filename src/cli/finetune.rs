@@ -35,6 +35,7 @@ fn headline(m: &BTreeMap<String, f64>) -> String {
 /// `tripletlab finetune`.
 pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<()> {
     let data = load_data(&args.data)?;
+    super::note_builtin_gemm();
     let cfg = TrainConfig {
         loss: args.loss,
         epochs: args.epochs,

@@ -501,6 +501,20 @@ pub fn bundled_sample() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/patents-sample.json")
 }
 
+/// The sample's bytes, built into the binary: a binary moved away from the source tree still
+/// opens it.
+const BUNDLED_SAMPLE: &[u8] = include_bytes!("../../assets/patents-sample.json");
+
+/// Loads a triplet file; the bundled sample comes from the binary when its file is not there.
+fn load_or_bundled(path: &Path) -> Result<Dataset, DataError> {
+    match load_triplets(path) {
+        Err(DataError::Io { .. }) if path == bundled_sample() && !path.exists() => {
+            crate::core::data::parse_triplets(path, BUNDLED_SAMPLE)
+        }
+        r => r,
+    }
+}
+
 impl App {
     /// Builds the app, restoring persisted settings and opening the start-up file.
     pub fn new(cc: &eframe::CreationContext<'_>, options: AppOptions) -> Self {
@@ -948,7 +962,7 @@ impl App {
                     return;
                 }
                 let spawned = jobs::spawn("load-triplets", self.wake(), move |_ctx| {
-                    let d = load_triplets(&path)?;
+                    let d = load_or_bundled(&path)?;
                     let stats = DataStats::of(&d);
                     Ok((d, stats))
                 });

@@ -23,6 +23,10 @@ pub enum Mode<'a> {
 }
 
 impl Mode<'_> {
+    fn is_train(&self) -> bool {
+        matches!(self, Mode::Train(_))
+    }
+
     fn dropout(&mut self, xs: &Tensor, p: f64) -> Result<Tensor> {
         match self {
             Mode::Train(rng) if p > 0.0 => {
@@ -183,22 +187,37 @@ impl Layer {
         let (n, h) = xs.dims2()?;
         let b_sz = n / seq_len;
         let head_dim = h / self.num_heads;
-        // One product for query, key and value: (n, 3h), then (3, b, heads, s, head_dim).
-        let qkv = Linear {
-            weight: Tensor::cat(
-                &[&self.query.weight, &self.key.weight, &self.value.weight],
-                0,
-            )?,
-            bias: Tensor::cat(&[&self.query.bias, &self.key.bias, &self.value.bias], 0)?,
-        }
-        .forward(xs)?
-        .reshape((b_sz, seq_len, 3, self.num_heads, head_dim))?
-        .permute((2, 0, 3, 1, 4))?
-        .contiguous()?;
         let bh = b_sz * self.num_heads;
-        let q = qkv.get(0)?.reshape((bh, seq_len, head_dim))?;
-        let k = qkv.get(1)?.reshape((bh, seq_len, head_dim))?;
-        let v = qkv.get(2)?.reshape((bh, seq_len, head_dim))?;
+        let (q, k, v) = if mode.is_train() {
+            // Three products: the backward pass of slicing one fused output would build three
+            // zero-padded copies of it.
+            let heads = |lin: &Linear| -> Result<Tensor> {
+                lin.forward(xs)?
+                    .reshape((b_sz, seq_len, self.num_heads, head_dim))?
+                    .transpose(1, 2)?
+                    .contiguous()?
+                    .reshape((bh, seq_len, head_dim))
+            };
+            (heads(&self.query)?, heads(&self.key)?, heads(&self.value)?)
+        } else {
+            // One product for query, key and value: (n, 3h), then (3, b, heads, s, head_dim).
+            let qkv = Linear {
+                weight: Tensor::cat(
+                    &[&self.query.weight, &self.key.weight, &self.value.weight],
+                    0,
+                )?,
+                bias: Tensor::cat(&[&self.query.bias, &self.key.bias, &self.value.bias], 0)?,
+            }
+            .forward(xs)?
+            .reshape((b_sz, seq_len, 3, self.num_heads, head_dim))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+            (
+                qkv.get(0)?.reshape((bh, seq_len, head_dim))?,
+                qkv.get(1)?.reshape((bh, seq_len, head_dim))?,
+                qkv.get(2)?.reshape((bh, seq_len, head_dim))?,
+            )
+        };
         let scores = super::matmul::product(&q, &k, false, true)?.reshape((
             b_sz,
             self.num_heads,

@@ -126,6 +126,8 @@ pub struct StepPoint {
     pub texts_per_sec: f64,
     /// Seconds this step took.
     pub step_secs: f64,
+    /// Of which: forward pass and loss, backward pass, clipping and the optimizer update.
+    pub phase_secs: [f64; 3],
 }
 
 /// One validation.
@@ -588,8 +590,10 @@ pub fn train(
             stop = StopReason::NonFiniteLoss { step: i + 1 };
             break;
         }
+        let t_fwd = step_start.elapsed().as_secs_f64();
         let mut grads = loss.backward()?;
         drop(loss);
+        let t_bwd = step_start.elapsed().as_secs_f64();
         let grad_norm = clip_gradients(&mut grads, &vars, cfg.max_grad_norm)?;
         if !grad_norm.is_finite() {
             stop = StopReason::NonFiniteLoss { step: i + 1 };
@@ -607,6 +611,7 @@ pub fn train(
             grad_norm,
             texts_per_sec: texts as f64 / secs,
             step_secs: secs,
+            phase_secs: [t_fwd, t_bwd - t_fwd, secs - t_bwd],
         };
         ctx.point(TrainEvent::Step(point.clone()));
         steps.push(point);

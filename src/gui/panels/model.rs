@@ -76,6 +76,9 @@ pub fn show(app: &mut App, ui: &mut egui::Ui) {
             "In use: {} tokens, prompts {:?} (query {:?}, document {:?})",
             e.max_seq_len, e.prompts.source, e.prompts.query, e.prompts.document
         ));
+        if let Some(backend) = crate::core::model::blas::backend_if_chosen() {
+            ui.weak(format!("Matrix products: {backend}"));
+        }
     }
     ui.separator();
     if app.is_running(JobKind::Embed) {
