@@ -193,6 +193,24 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         let outranking =
             crate::core::metrics::outranking(&eval.index, q, eval.index.pos_doc[0], 20);
         let inspector_secs = t_out.elapsed().as_secs_f64();
+        // The inspector's text search: indexed once with the file (off the UI thread), then one
+        // search per keystroke on the UI thread.
+        let t_search = Instant::now();
+        let search = crate::core::data::TextSearch::new(&reopened);
+        let search_index_secs = t_search.elapsed().as_secs_f64();
+        let t_search = Instant::now();
+        let hits = search
+            .matches("semiconductor")
+            .iter()
+            .filter(|&&m| m)
+            .count();
+        let search_secs = t_search.elapsed().as_secs_f64();
+        eprintln!(
+            "inspector text search: {:.2} ms per search over {} distinct texts ({hits} triplets match \"semiconductor\"; indexing {:.0} ms with the file)",
+            search_secs * 1e3,
+            search.distinct_texts(),
+            search_index_secs * 1e3
+        );
         eprintln!(
             "cached open -> first heatmap: {first_heatmap:.3} s (load+cache {loaded:.3} s); index {index_secs:.3} s, metrics {metrics_secs:.3} s over {} triplets; 50x50 window {:.2} ms; inspector query {:.2} ms",
             result.n_triplets,
@@ -204,7 +222,8 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             json!({"open_to_first_heatmap_secs": first_heatmap, "load_and_cache_secs": loaded,
                    "metrics_secs": metrics_secs, "index_secs": index_secs, "window_50x50_ms": window_secs * 1e3,
                    "inspector_query_ms": inspector_secs * 1e3, "triplets": result.n_triplets,
-                   "window_cells": w.len(), "outranking_listed": outranking.len()}),
+                   "window_cells": w.len(), "outranking_listed": outranking.len(),
+                   "text_search_ms": search_secs * 1e3, "text_search_index_ms": search_index_secs * 1e3}),
         );
     }
     let peak = peak_rss_mib();

@@ -11,7 +11,7 @@ use std::time::Instant;
 use eframe::egui;
 
 use crate::core::cache::EmbeddingCache;
-use crate::core::data::{load_triplets, DataError, DataStats, Dataset};
+use crate::core::data::{load_triplets, DataError, DataStats, Dataset, TextSearch};
 use crate::core::encoder::{EncodeError, EncoderOptions, PromptChoice};
 use crate::core::jobs::{self, JobEvent, JobHandle, Outcome, Progress, Update};
 use crate::core::metrics::Flip;
@@ -478,7 +478,9 @@ pub struct App {
     frame_stats_state: (&'static str, usize),
     /// Statistics of the loaded dataset.
     pub data_stats: Option<DataStats>,
-    load_job: Option<JobHandle<(), (Dataset, DataStats), DataError>>,
+    /// The loaded dataset's texts indexed for the inspector's search.
+    pub text_search: Option<Arc<TextSearch>>,
+    load_job: Option<JobHandle<(), (Dataset, DataStats, TextSearch), DataError>>,
     embed_job: Option<JobHandle<(), Evaluation, EncodeError>>,
     train_job: Option<JobHandle<TrainEvent, FineTuneResult, String>>,
     /// Set when the window closes: a fine-tuning job then saves its best weights and stops.
@@ -574,6 +576,7 @@ impl App {
             frame_cpu_ms: Vec::new(),
             frame_stats_state: ("idle", 0),
             data_stats: None,
+            text_search: None,
             load_job: None,
             embed_job: None,
             train_job: None,
@@ -701,8 +704,9 @@ impl App {
                 if let JobEvent::Done(outcome) = ev {
                     self.load_job = None;
                     match outcome {
-                        Outcome::Finished(Ok((d, stats))) => {
+                        Outcome::Finished(Ok((d, stats, search))) => {
                             self.data_stats = Some(stats);
+                            self.text_search = Some(Arc::new(search));
                             self.set_dataset(d);
                         }
                         Outcome::Finished(Err(e)) => self.notify(Level::Error, format!("{e:#}")),
@@ -964,7 +968,8 @@ impl App {
                 let spawned = jobs::spawn("load-triplets", self.wake(), move |_ctx| {
                     let d = load_or_bundled(&path)?;
                     let stats = DataStats::of(&d);
-                    Ok((d, stats))
+                    let search = TextSearch::new(&d);
+                    Ok((d, stats, search))
                 });
                 match spawned {
                     Ok(h) => self.load_job = Some(h),

@@ -3,10 +3,12 @@
 
 mod load;
 mod report;
+mod search;
 mod stats;
 
 pub use load::{load_triplets, parse_triplets, MAX_FILE_BYTES};
 pub use report::{QualityWarning, RowProblem, SkippedRow, ValidationReport};
+pub use search::TextSearch;
 pub use stats::{DataStats, LengthStats};
 
 use std::path::PathBuf;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use eframe::egui::{self, RichText};
 
 use super::super::app::{App, Command, InspectorState};
-use crate::core::data::Dataset;
+use crate::core::data::{Dataset, TextSearch};
 use crate::core::metrics::{outranking, Flip};
 use crate::core::pipeline::Evaluation;
 
@@ -29,11 +29,11 @@ fn filter_key(s: &InspectorState, has_ft: bool) -> String {
 /// The triplets passing the filters, sorted.
 pub(crate) fn filtered_rows(
     s: &InspectorState,
-    data: &Dataset,
+    search: &TextSearch,
     before: &Evaluation,
     after: Option<&Evaluation>,
 ) -> Vec<usize> {
-    let needle = s.search.to_lowercase();
+    let found = search.matches(&s.search);
     let scores = &before.result.per_triplet;
     let mut rows: Vec<usize> = (0..scores.len())
         .filter(|&i| !s.wrong_only || !scores[i].is_correct())
@@ -41,15 +41,7 @@ pub(crate) fn filtered_rows(
             (Some(f), Some(a)) => Flip::of(&scores[i], &a.result.per_triplet[i]) == f,
             _ => true,
         })
-        .filter(|&i| {
-            if needle.is_empty() {
-                return true;
-            }
-            let t = &data.triplets[i];
-            [&t.query, &t.pos, &t.negative]
-                .iter()
-                .any(|x| x.to_lowercase().contains(&needle))
-        })
+        .filter(|&i| found.get(i).copied().unwrap_or(true))
         .collect();
     if s.sort_by_rank {
         rows.sort_by(|&a, &b| scores[b].rank_pos.cmp(&scores[a].rank_pos).then(a.cmp(&b)));
@@ -92,7 +84,11 @@ pub fn show(app: &mut App, ui: &mut egui::Ui) {
     });
     let key = filter_key(s, after.is_some());
     if s.rows.as_ref().map(|(k, _)| k != &key).unwrap_or(true) {
-        let rows = filtered_rows(s, &data, &before, after.as_deref());
+        let search = app
+            .text_search
+            .clone()
+            .unwrap_or_else(|| Arc::new(TextSearch::new(&data)));
+        let rows = filtered_rows(s, &search, &before, after.as_deref());
         s.rows = Some((key, rows));
     }
     let rows = s.rows.as_ref().map(|(_, r)| r.clone()).unwrap_or_default();
