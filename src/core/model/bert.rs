@@ -27,6 +27,14 @@ impl Mode<'_> {
         matches!(self, Mode::Train(_))
     }
 
+    /// A dropout keep-mask of `n` elements (scaled by 1/(1-p)) in training; none in inference.
+    fn mask(&mut self, n: usize, p: f64) -> Option<Vec<f32>> {
+        match self {
+            Mode::Train(rng) if p > 0.0 => Some(rng.mask(n, p as f32)),
+            _ => None,
+        }
+    }
+
     fn dropout(&mut self, xs: &Tensor, p: f64) -> Result<Tensor> {
         match self {
             Mode::Train(rng) if p > 0.0 => {
@@ -85,6 +93,23 @@ impl LayerNorm {
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         super::kernels::layer_norm(xs, &self.weight, &self.bias, self.eps)
+    }
+
+    /// `LN(dropout(xs) + residual)`, with the dropout keep-mask given (none in inference).
+    fn forward_add(
+        &self,
+        xs: &Tensor,
+        residual: &Tensor,
+        mask: Option<Vec<f32>>,
+    ) -> Result<Tensor> {
+        super::kernels::dropout_add_layer_norm(
+            xs,
+            residual,
+            &self.weight,
+            &self.bias,
+            self.eps,
+            mask,
+        )
     }
 }
 
@@ -192,11 +217,7 @@ impl Layer {
             // Three products: the backward pass of slicing one fused output would build three
             // zero-padded copies of it.
             let heads = |lin: &Linear| -> Result<Tensor> {
-                lin.forward(xs)?
-                    .reshape((b_sz, seq_len, self.num_heads, head_dim))?
-                    .transpose(1, 2)?
-                    .contiguous()?
-                    .reshape((bh, seq_len, head_dim))
+                super::kernels::split_heads(&lin.forward(xs)?, b_sz, seq_len, self.num_heads)
             };
             (heads(&self.query)?, heads(&self.key)?, heads(&self.value)?)
         } else {
@@ -227,21 +248,24 @@ impl Layer {
         let scale = 1.0 / (head_dim as f64).sqrt();
         let probs = super::kernels::masked_softmax(&scores, mask_bias, scale)?;
         let probs = mode.dropout(&probs, self.attn_dropout)?;
-        let ctx =
-            super::matmul::product(&probs.reshape((bh, seq_len, seq_len))?, &v, false, false)?
-                .reshape((b_sz, self.num_heads, seq_len, head_dim))?
-                .transpose(1, 2)?
-                .reshape((n, h))?;
-        let attn = mode.dropout(&self.attn_out.forward(&ctx)?, self.hidden_dropout)?;
-        let xs = self.attn_norm.forward(&(attn + xs)?)?;
+        let ctx = super::kernels::merge_heads(
+            &super::matmul::product(&probs.reshape((bh, seq_len, seq_len))?, &v, false, false)?,
+            b_sz,
+            seq_len,
+            self.num_heads,
+        )?;
+        let attn = self.attn_out.forward(&ctx)?;
+        let mask = mode.mask(attn.elem_count(), self.hidden_dropout);
+        let xs = self.attn_norm.forward_add(&attn, xs, mask)?;
         let inter = self.intermediate.forward(&xs)?;
         let inter = match self.act {
             HiddenAct::Gelu => super::kernels::gelu_erf(&inter)?,
             HiddenAct::GeluNew => inter.gelu()?,
             HiddenAct::Relu => inter.relu()?,
         };
-        let out = mode.dropout(&self.output.forward(&inter)?, self.hidden_dropout)?;
-        self.out_norm.forward(&(out + xs)?)
+        let out = self.output.forward(&inter)?;
+        let mask = mode.mask(out.elem_count(), self.hidden_dropout);
+        self.out_norm.forward_add(&out, &xs, mask)
     }
 }
 

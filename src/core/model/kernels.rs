@@ -4,6 +4,8 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
 /// Elements per parallel work item.
@@ -460,6 +462,247 @@ pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resu
     )
 }
 
+/// (b·s, heads·d) token rows <-> (b·heads, s, d) per-head blocks: one permuting copy each way,
+/// one autograd node instead of a reshape, transpose, copy and reshape.
+#[derive(Clone, Copy)]
+struct Heads {
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    /// true: rows to heads; false: heads to rows.
+    split: bool,
+}
+
+impl CustomOp1 for Heads {
+    fn name(&self) -> &'static str {
+        if self.split {
+            "tripletlab-split-heads"
+        } else {
+            "tripletlab-merge-heads"
+        }
+    }
+
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = data(st, l, self.name())?;
+        let (b, s, nh) = (self.batch, self.seq, self.heads);
+        let total = l.shape().elem_count();
+        if b * s * nh == 0 || !total.is_multiple_of(b * s * nh) {
+            candle_core::bail!("{}: shape {:?} for {b}x{s}x{nh}", self.name(), l.dims());
+        }
+        let d = total / (b * s * nh);
+        let mut out = vec![0f32; total];
+        // Work item = one sequence: its s rows of nh*d values, or its nh blocks of s*d values.
+        out.par_chunks_mut(s * nh * d)
+            .zip(x.par_chunks(s * nh * d))
+            .for_each(|(o, x)| {
+                for t in 0..s {
+                    for h in 0..nh {
+                        let row = t * nh * d + h * d; // token-row layout
+                        let blk = h * s * d + t * d; // per-head layout
+                        let (dst, src) = if self.split { (blk, row) } else { (row, blk) };
+                        o[dst..dst + d].copy_from_slice(&x[src..src + d]);
+                    }
+                }
+            });
+        let shape = if self.split {
+            Shape::from((b * nh, s, d))
+        } else {
+            Shape::from((b * s, nh * d))
+        };
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let inverse = Heads {
+            split: !self.split,
+            ..*self
+        };
+        Ok(Some(grad.contiguous()?.apply_op1(inverse)?))
+    }
+}
+
+/// (b·s, heads·d) -> (b·heads, s, d); differentiable.
+pub fn split_heads(xs: &Tensor, batch: usize, seq: usize, heads: usize) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1(Heads {
+        batch,
+        seq,
+        heads,
+        split: true,
+    })
+}
+
+/// (b·heads, s, d) -> (b·s, heads·d); differentiable.
+pub fn merge_heads(xs: &Tensor, batch: usize, seq: usize, heads: usize) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1(Heads {
+        batch,
+        seq,
+        heads,
+        split: false,
+    })
+}
+
+/// `LN(x ⊙ mask + residual)` with weight and bias stacked as `wb` (2, d): a dense layer's dropout,
+/// the residual connection and the layer norm as one autograd node.
+struct DropoutAddNorm {
+    mask: Option<Arc<Vec<f32>>>,
+    eps: f32,
+}
+
+/// `x ⊙ mask + residual` (the mask already scaled by 1/(1-p)).
+fn dropout_add(x: &[f32], residual: &[f32], mask: Option<&[f32]>) -> Vec<f32> {
+    let mut t = vec![0f32; x.len()];
+    t.par_chunks_mut(CHUNK).enumerate().for_each(|(c, t)| {
+        let range = c * CHUNK..c * CHUNK + t.len();
+        let (x, r) = (&x[range.clone()], &residual[range.clone()]);
+        match mask {
+            Some(m) => {
+                let m = &m[range];
+                for (((t, &x), &r), &m) in t.iter_mut().zip(x).zip(r).zip(m) {
+                    *t = x * m + r;
+                }
+            }
+            None => {
+                for ((t, &x), &r) in t.iter_mut().zip(x).zip(r) {
+                    *t = x + r;
+                }
+            }
+        }
+    });
+    t
+}
+
+/// The input, the residual and the keep-mask (if any) of a [`DropoutAddNorm`].
+type AddNormInputs<'a> = (&'a [f32], &'a [f32], Option<&'a [f32]>);
+
+impl DropoutAddNorm {
+    fn inputs<'a>(
+        &'a self,
+        s1: &'a CpuStorage,
+        l1: &Layout,
+        s2: &'a CpuStorage,
+        l2: &Layout,
+    ) -> Result<AddNormInputs<'a>> {
+        let x = data(s1, l1, "add-norm input")?;
+        let r = data(s2, l2, "add-norm residual")?;
+        let mask = self.mask.as_deref().map(|m| m.as_slice());
+        if r.len() != x.len() || mask.is_some_and(|m| m.len() != x.len()) {
+            candle_core::bail!("add-norm: input {:?}, residual {:?}", l1.dims(), l2.dims());
+        }
+        Ok((x, r, mask))
+    }
+}
+
+impl CustomOp3 for DropoutAddNorm {
+    fn name(&self) -> &'static str {
+        "tripletlab-dropout-add-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, r, mask) = self.inputs(s1, l1, s2, l2)?;
+        let wb = data(s3, l3, "add-norm weight and bias")?;
+        let (n, d) = rows_of(l1);
+        if wb.len() != 2 * d {
+            candle_core::bail!("add-norm: weight and bias {:?} for rows of {d}", l3.dims());
+        }
+        let (w, b) = wb.split_at(d);
+        let mut t = dropout_add(x, r, mask);
+        let rows_per_item = (CHUNK / d.max(1)).max(1);
+        t.par_chunks_mut(rows_per_item * d).for_each(|t| {
+            for row in t.chunks_mut(d) {
+                let (mean, rstd) = row_stats(row, self.eps);
+                for ((v, &w), &b) in row.iter_mut().zip(w).zip(b) {
+                    *v = (*v - mean) * rstd * w + b;
+                }
+            }
+        });
+        debug_assert_eq!(t.len(), n * d);
+        Ok((CpuStorage::F32(t), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        wb: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = wb.elem_count() / 2;
+        let n = x.elem_count() / d;
+        // The normalised sum again, then the layer norm's backward pass on it.
+        let t = x.apply_op2_no_bwd(
+            residual,
+            &DropoutAdd {
+                mask: self.mask.clone(),
+            },
+        )?;
+        let w = wb.get(0)?;
+        let all = t.apply_op3_no_bwd(&w, &grad.contiguous()?, &LayerNormGrad { eps: self.eps })?;
+        let dt = all.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dwb = all.narrow(0, n, 2)?;
+        let dx = match &self.mask {
+            Some(m) => (&dt * Tensor::from_slice(m, x.shape(), x.device())?)?,
+            None => dt.clone(),
+        };
+        Ok((Some(dx), Some(dt), Some(dwb)))
+    }
+}
+
+/// `x ⊙ mask + residual` as an op (for the backward pass of [`DropoutAddNorm`]).
+struct DropoutAdd {
+    mask: Option<Arc<Vec<f32>>>,
+}
+
+impl CustomOp2 for DropoutAdd {
+    fn name(&self) -> &'static str {
+        "tripletlab-dropout-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let helper = DropoutAddNorm {
+            mask: self.mask.clone(),
+            eps: 0.0,
+        };
+        let (x, r, mask) = helper.inputs(s1, l1, s2, l2)?;
+        Ok((CpuStorage::F32(dropout_add(x, r, mask)), l1.shape().clone()))
+    }
+}
+
+/// `LN(x ⊙ mask + residual)` over the last dimension, `mask` being a dropout keep-mask scaled by
+/// 1/(1-p) (none in inference); differentiable in `x`, `residual`, `weight` and `bias`.
+pub fn dropout_add_layer_norm(
+    x: &Tensor,
+    residual: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    mask: Option<Vec<f32>>,
+) -> Result<Tensor> {
+    let wb = Tensor::stack(&[weight, bias], 0)?;
+    x.contiguous()?.apply_op3(
+        &residual.contiguous()?,
+        &wb,
+        DropoutAddNorm {
+            mask: mask.map(Arc::new),
+            eps: eps as f32,
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,6 +736,84 @@ mod tests {
             .unwrap()
             .to_scalar()
             .unwrap()
+    }
+
+    #[test]
+    fn split_and_merge_heads_match_reshape_and_transpose() {
+        let dev = Device::Cpu;
+        let (b, sq, nh, d) = (2, 5, 3, 4);
+        let x = Var::randn(0f32, 1.0, (b * sq, nh * d), &dev).unwrap();
+        let ours = split_heads(x.as_tensor(), b, sq, nh).unwrap();
+        let theirs = x
+            .as_tensor()
+            .reshape((b, sq, nh, d))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((b * nh, sq, d))
+            .unwrap();
+        assert_eq!(max_diff(&ours, &theirs), 0.0);
+        let back = merge_heads(&ours, b, sq, nh).unwrap();
+        assert_eq!(max_diff(&back, x.as_tensor()), 0.0);
+        let up = Tensor::randn(0f32, 1.0, (b * nh, sq, d), &dev).unwrap();
+        let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (theirs * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert_eq!(max_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()), 0.0);
+    }
+
+    #[test]
+    fn dropout_add_norm_matches_composed_ops_with_gradients() {
+        let dev = Device::Cpu;
+        let (n, d) = (6, 11);
+        let x = Var::randn(0f32, 1.0, (n, d), &dev).unwrap();
+        let r = Var::randn(0f32, 1.0, (n, d), &dev).unwrap();
+        let w = Var::randn(1f32, 0.3, d, &dev).unwrap();
+        let b = Var::randn(0f32, 0.3, d, &dev).unwrap();
+        let mask: Vec<f32> = (0..n * d)
+            .map(|i| if i % 7 == 3 { 0.0 } else { 1.25 })
+            .collect();
+        let up = Tensor::randn(0f32, 1.0, (n, d), &dev).unwrap();
+        for m in [None, Some(mask)] {
+            let ours = dropout_add_layer_norm(
+                x.as_tensor(),
+                r.as_tensor(),
+                w.as_tensor(),
+                b.as_tensor(),
+                1e-12,
+                m.clone(),
+            )
+            .unwrap();
+            let dropped = match &m {
+                Some(m) => (x.as_tensor() * Tensor::from_slice(m, (n, d), &dev).unwrap()).unwrap(),
+                None => x.as_tensor().clone(),
+            };
+            let theirs = candle_nn::ops::layer_norm_slow(
+                &(dropped + r.as_tensor()).unwrap(),
+                w.as_tensor(),
+                b.as_tensor(),
+                1e-12,
+            )
+            .unwrap();
+            assert!(max_diff(&ours, &theirs) < 1e-5);
+            let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (theirs * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for v in [&x, &r, &w, &b] {
+                let diff = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+                assert!(diff < 1e-4, "gradient differs by {diff}");
+            }
+        }
     }
 
     #[test]

@@ -154,7 +154,10 @@ impl CustomOp3 for Linear {
         let g = grad.contiguous()?;
         let dx = product(&g, w, false, false)?;
         let dw = product(&g, x, true, false)?;
-        let db = g.sum(0)?;
+        // Column sums as a product with a row of ones: candle's sum over dim 0 walks the
+        // matrix column by column on one thread.
+        let ones = Tensor::ones((1, g.dim(0)?), g.dtype(), g.device())?;
+        let db = product(&ones, &g, false, false)?.squeeze(0)?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }
