@@ -3,6 +3,7 @@
 //! validation nDCG@10, and events for the GUI and CLI. Cancel and non-finite losses stop cleanly.
 
 pub mod loss;
+mod optim;
 mod sampler;
 
 pub use sampler::{linear_lr, no_duplicate_batches, shuffled_batches, split_by_query};
@@ -11,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{Optimizer, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
 
 use crate::core::data::Triplet;
@@ -414,13 +415,14 @@ fn batch_loss(
     Ok(loss)
 }
 
-/// Scales gradients to a global norm of at most `max_norm` (torch's clip_grad_norm_); returns the
-/// norm before clipping.
+/// The global gradient norm, and the factor that scales the gradients to a norm of at most
+/// `max_norm` (torch's clip_grad_norm_; 1 when no clipping is needed). The optimizer applies the
+/// factor as it reads the gradients.
 fn clip_gradients(
-    grads: &mut candle_core::backprop::GradStore,
+    grads: &candle_core::backprop::GradStore,
     vars: &[(String, Var)],
     max_norm: f64,
-) -> Result<f64, TrainError> {
+) -> Result<(f64, f64), TrainError> {
     let mut total = 0f64;
     for (_, v) in vars {
         if let Some(g) = grads.get(v.as_tensor()) {
@@ -433,14 +435,14 @@ fn clip_gradients(
     }
     let norm = total.sqrt();
     let scale = max_norm / (norm + 1e-6);
-    if norm.is_finite() && scale < 1.0 {
-        for (_, v) in vars {
-            if let Some(g) = grads.remove(v.as_tensor()) {
-                grads.insert(v.as_tensor(), (g * scale)?);
-            }
-        }
-    }
-    Ok(norm)
+    Ok((
+        norm,
+        if norm.is_finite() && scale < 1.0 {
+            scale
+        } else {
+            1.0
+        },
+    ))
 }
 
 /// Validation metrics of the current weights.
@@ -563,14 +565,14 @@ pub fn train(
     evals.push(point);
 
     let vars = weights.vars();
-    let params = candle_nn::ParamsAdamW {
+    let params = optim::AdamWParams {
         lr: cfg.lr,
         beta1: 0.9,
         beta2: 0.999,
         eps: 1e-8,
         weight_decay: cfg.weight_decay,
     };
-    let mut opt = candle_nn::AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), params)?;
+    let mut opt = optim::AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), params);
     let mut dropout = SeededDropout(rand::rngs::SmallRng::seed_from_u64(cfg.seed ^ 0x5eed));
     let clock = StageClock::start("training", "steps", total_steps);
     let mut stop = StopReason::Completed;
@@ -591,15 +593,15 @@ pub fn train(
             break;
         }
         let t_fwd = step_start.elapsed().as_secs_f64();
-        let mut grads = loss.backward()?;
+        let grads = loss.backward()?;
         drop(loss);
         let t_bwd = step_start.elapsed().as_secs_f64();
-        let grad_norm = clip_gradients(&mut grads, &vars, cfg.max_grad_norm)?;
+        let (grad_norm, grad_scale) = clip_gradients(&grads, &vars, cfg.max_grad_norm)?;
         if !grad_norm.is_finite() {
             stop = StopReason::NonFiniteLoss { step: i + 1 };
             break;
         }
-        opt.step(&grads)?;
+        opt.step(&grads, grad_scale)?;
         drop(grads);
         let secs = step_start.elapsed().as_secs_f64();
         let texts = batch.anchors.len() + batch.others.len() + batch.negatives.len();
