@@ -97,25 +97,33 @@ fn open(name: &str) -> Option<Blas> {
             break;
         }
     }
-    let mut detail = String::new();
-    // SAFETY: `openblas_get_config` returns a static NUL-terminated string.
-    if let Ok(config) = unsafe {
-        lib.get::<unsafe extern "C" fn() -> *const std::ffi::c_char>(b"openblas_get_config\0")
-    } {
-        let ptr = unsafe { config() };
-        if !ptr.is_null() {
-            detail = unsafe { std::ffi::CStr::from_ptr(ptr) }
+    // OpenBLAS says its version and the kernels it picked for this CPU.
+    let text = |symbol: &[u8]| -> Option<String> {
+        // SAFETY: `openblas_get_config` and `openblas_get_corename` take no arguments and return
+        // a static NUL-terminated string.
+        let get =
+            unsafe { lib.get::<unsafe extern "C" fn() -> *const std::ffi::c_char>(symbol) }.ok()?;
+        let ptr = unsafe { get() };
+        (!ptr.is_null()).then(|| {
+            unsafe { std::ffi::CStr::from_ptr(ptr) }
                 .to_string_lossy()
-                .into_owned();
-        }
-    }
+                .into_owned()
+        })
+    };
+    let version = text(b"openblas_get_config\0")
+        .map(|c| c.split_whitespace().take(2).collect::<Vec<_>>().join(" "));
+    let detail = match (version, text(b"openblas_get_corename\0")) {
+        (Some(v), Some(core)) => format!("{v}, {core} kernels"),
+        (Some(v), None) => v,
+        _ => String::new(),
+    };
     let blas = Blas {
         _lib: lib,
         sgemm,
         name: if detail.is_empty() {
             name.to_string()
         } else {
-            format!("{name} ({detail})")
+            format!("{detail} ({name})")
         },
     };
     // [[1,2],[3,4]] x [[5,6],[7,8]]^T = [[17,23],[39,53]]
@@ -143,7 +151,7 @@ pub fn is_builtin() -> bool {
 
 fn describe(b: Option<&Blas>) -> String {
     match b {
-        Some(b) => format!("BLAS {}", b.name),
+        Some(b) => b.name.clone(),
         None => {
             "built-in GEMM (gemm crate); a system OpenBLAS would be about twice as fast".to_string()
         }
