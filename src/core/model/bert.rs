@@ -221,7 +221,7 @@ impl Layer {
             };
             (heads(&self.query)?, heads(&self.key)?, heads(&self.value)?)
         } else {
-            // One product for query, key and value: (n, 3h), then (3, b, heads, s, head_dim).
+            // One product for query, key and value: (n, 3h), then each one's heads.
             let qkv = Linear {
                 weight: Tensor::cat(
                     &[&self.query.weight, &self.key.weight, &self.value.weight],
@@ -229,15 +229,9 @@ impl Layer {
                 )?,
                 bias: Tensor::cat(&[&self.query.bias, &self.key.bias, &self.value.bias], 0)?,
             }
-            .forward(xs)?
-            .reshape((b_sz, seq_len, 3, self.num_heads, head_dim))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-            (
-                qkv.get(0)?.reshape((bh, seq_len, head_dim))?,
-                qkv.get(1)?.reshape((bh, seq_len, head_dim))?,
-                qkv.get(2)?.reshape((bh, seq_len, head_dim))?,
-            )
+            .forward(xs)?;
+            let part = |i| super::kernels::qkv_part(&qkv, b_sz, seq_len, self.num_heads, i);
+            (part(0)?, part(1)?, part(2)?)
         };
         let scores = super::matmul::product(&q, &k, false, true)?.reshape((
             b_sz,

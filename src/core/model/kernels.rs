@@ -11,6 +11,27 @@ use rayon::prelude::*;
 /// Elements per parallel work item.
 const CHUNK: usize = 1 << 14;
 
+/// Runs `f` compiled for AVX2 and FMA when the CPU has them, else as built (SSE2 on x86-64). The
+/// results are the same bit for bit: the kernels' reductions use a fixed number of lanes, and
+/// Rust never fuses a multiply and an add on its own.
+#[inline(always)]
+fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the only requirement of a `target_feature` function is that the CPU has
+            // the features, which was just checked.
+            #[allow(unsafe_code)]
+            return unsafe { with_avx2(f) };
+        }
+    }
+    f()
+}
+
 /// `e^x` to within 2 ulp for x in [-87, 88]; 0 below, +inf above. Branch-free, so loops over
 /// slices vectorise (Cephes' `expf` polynomial after a range reduction by powers of two).
 #[inline(always)]
@@ -90,7 +111,7 @@ fn map(xs: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let mut out = vec![0f32; xs.len()];
     out.par_chunks_mut(CHUNK)
         .zip(xs.par_chunks(CHUNK))
-        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x)));
+        .for_each(|(o, x)| simd(|| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x))));
     out
 }
 
@@ -135,9 +156,11 @@ impl CustomOp2 for GeluGrad {
         out.par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
             .for_each(|(o, (x, g))| {
-                for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                    *o = g * gelu_derivative(x);
-                }
+                simd(|| {
+                    for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+                        *o = g * gelu_derivative(x);
+                    }
+                })
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -152,6 +175,36 @@ pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
 /// (b, 1, 1, s).
 struct MaskedSoftmax {
     scale: f32,
+}
+
+impl MaskedSoftmax {
+    /// Softmax of the rows of `o`, the first being row `first_row` of the scores.
+    #[inline(always)]
+    fn rows(
+        &self,
+        first_row: usize,
+        o: &mut [f32],
+        scores: &[f32],
+        mask: &[f32],
+        h: usize,
+        s: usize,
+    ) {
+        for (r, o) in o.chunks_mut(s).enumerate() {
+            let row = first_row + r;
+            let x = &scores[row * s..(row + 1) * s];
+            let m = &mask[(row / (h * s)) * s..][..s];
+            // Separate passes so each one vectorises.
+            for (o, (&x, &m)) in o.iter_mut().zip(x.iter().zip(m)) {
+                *o = x * self.scale + m;
+            }
+            let max = max8(o);
+            for o in o.iter_mut() {
+                *o = exp(*o - max);
+            }
+            let inv = 1.0 / sum8(o, |_, v| v);
+            o.iter_mut().for_each(|o| *o *= inv);
+        }
+    }
 }
 
 impl CustomOp2 for MaskedSoftmax {
@@ -178,24 +231,7 @@ impl CustomOp2 for MaskedSoftmax {
         let rows_per_item = (CHUNK / s.max(1)).max(1);
         out.par_chunks_mut(rows_per_item * s)
             .enumerate()
-            .for_each(|(item, o)| {
-                let first_row = item * rows_per_item;
-                for (r, o) in o.chunks_mut(s).enumerate() {
-                    let row = first_row + r;
-                    let x = &scores[row * s..(row + 1) * s];
-                    let m = &mask[(row / (h * s)) * s..][..s];
-                    // Separate passes so each one vectorises.
-                    for (o, (&x, &m)) in o.iter_mut().zip(x.iter().zip(m)) {
-                        *o = x * self.scale + m;
-                    }
-                    let max = max8(o);
-                    for o in o.iter_mut() {
-                        *o = exp(*o - max);
-                    }
-                    let inv = 1.0 / sum8(o, |_, v| v);
-                    o.iter_mut().for_each(|o| *o *= inv);
-                }
-            });
+            .for_each(|(item, o)| simd(|| self.rows(item * rows_per_item, o, scores, mask, h, s)));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -521,6 +557,61 @@ impl CustomOp1 for Heads {
     }
 }
 
+/// One of query, key, value out of a fused (b·s, 3·heads·d) projection, as (b·heads, s, d); for
+/// inference (no backward pass).
+struct QkvPart {
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    part: usize,
+}
+
+impl CustomOp1 for QkvPart {
+    fn name(&self) -> &'static str {
+        "tripletlab-qkv-part"
+    }
+
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = data(st, l, self.name())?;
+        let (b, s, nh) = (self.batch, self.seq, self.heads);
+        let (rows, width) = rows_of(l);
+        if rows != b * s || width % (3 * nh) != 0 || self.part > 2 {
+            candle_core::bail!("qkv part: shape {:?} for {b}x{s}x{nh}", l.dims());
+        }
+        let d = width / (3 * nh);
+        let mut out = vec![0f32; b * s * nh * d];
+        out.par_chunks_mut(s * nh * d)
+            .zip(x.par_chunks(s * width))
+            .for_each(|(o, x)| {
+                for t in 0..s {
+                    for h in 0..nh {
+                        let src = t * width + self.part * nh * d + h * d;
+                        let dst = h * s * d + t * d;
+                        o[dst..dst + d].copy_from_slice(&x[src..src + d]);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((b * nh, s, d))))
+    }
+}
+
+/// Query (0), key (1) or value (2) heads of a fused projection (b·s, 3·heads·d), as
+/// (b·heads, s, d). Inference only.
+pub fn qkv_part(
+    qkv: &Tensor,
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    part: usize,
+) -> Result<Tensor> {
+    qkv.contiguous()?.apply_op1_no_bwd(&QkvPart {
+        batch,
+        seq,
+        heads,
+        part,
+    })
+}
+
 /// (b·s, heads·d) -> (b·heads, s, d); differentiable.
 pub fn split_heads(xs: &Tensor, batch: usize, seq: usize, heads: usize) -> Result<Tensor> {
     xs.contiguous()?.apply_op1(Heads {
@@ -756,6 +847,20 @@ mod tests {
             .unwrap();
         assert_eq!(max_diff(&ours, &theirs), 0.0);
         let back = merge_heads(&ours, b, sq, nh).unwrap();
+        // The same heads out of the middle third of a fused projection.
+        let fused = Tensor::cat(
+            &[
+                &(x.as_tensor() + 1.0).unwrap(),
+                x.as_tensor(),
+                x.as_tensor(),
+            ],
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            max_diff(&qkv_part(&fused, b, sq, nh, 1).unwrap(), &theirs),
+            0.0
+        );
         assert_eq!(max_diff(&back, x.as_tensor()), 0.0);
         let up = Tensor::randn(0f32, 1.0, (b * nh, sq, d), &dev).unwrap();
         let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
