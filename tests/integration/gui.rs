@@ -34,10 +34,12 @@ fn fixture(n: usize) -> Fixture {
     }
 }
 
+/// The app on the fixture; a trained model unsaved at close goes to `recovered/` in its folder.
 fn harness(f: &Fixture) -> Harness<'static, App> {
     let options = AppOptions {
         data: Some(f.data.clone()),
         model: Some(f.model.display().to_string()),
+        recovery_dir: Some(f.work.path().join("recovered")),
         ..Default::default()
     };
     let mut h = Harness::builder()
@@ -273,11 +275,9 @@ fn the_bad_input_corpus_shows_its_errors_in_the_app() {
     }
 }
 
-#[test]
-fn a_failed_save_keeps_the_trained_model_and_it_can_be_saved_elsewhere() {
-    let f = fixture(40);
-    let mut h = loaded_and_embedded(&f);
-    // A folder under a regular file cannot be created: the save fails.
+/// Fine-tunes one epoch into a folder that cannot be created (it would lie under a regular
+/// file), and steps until the save has failed or, wrongly, succeeded.
+fn fine_tune_into_an_unwritable_folder(h: &mut Harness<'static, App>, f: &Fixture) {
     let blocker = f.work.path().join("not-a-folder");
     std::fs::write(&blocker, "x").unwrap();
     {
@@ -290,9 +290,16 @@ fn a_failed_save_keeps_the_trained_model_and_it_can_be_saved_elsewhere() {
     h.step();
     h.step();
     h.get_by_label("Start fine-tuning").click();
-    step_until(&mut h, "the failed save", |a| {
+    step_until(h, "the failed save", |a| {
         a.unsaved.is_some() || a.fine_tuned.is_some()
     });
+}
+
+#[test]
+fn a_failed_save_keeps_the_trained_model_and_it_can_be_saved_elsewhere() {
+    let f = fixture(40);
+    let mut h = loaded_and_embedded(&f);
+    fine_tune_into_an_unwritable_folder(&mut h, &f);
     assert!(h.state().fine_tuned.is_none());
     let msg = h.state().notifications.last().unwrap().text.clone();
     assert!(
@@ -311,25 +318,11 @@ fn a_failed_save_keeps_the_trained_model_and_it_can_be_saved_elsewhere() {
     assert_eq!(h.state().fine_tuned_path.as_deref(), Some(good.as_path()));
 }
 
-fn harness_recovering_to(f: &Fixture, recovery: &std::path::Path) -> Harness<'static, App> {
-    let options = AppOptions {
-        data: Some(f.data.clone()),
-        model: Some(f.model.display().to_string()),
-        recovery_dir: Some(recovery.to_path_buf()),
-        ..Default::default()
-    };
-    let mut h = Harness::builder()
-        .with_size(egui::vec2(1400.0, 900.0))
-        .build_eframe(move |cc| App::new(cc, options));
-    h.state_mut().settings.use_cache = false;
-    h
-}
-
 #[test]
 fn closing_the_window_during_fine_tuning_saves_the_best_weights() {
     let f = fixture(40);
     let recovery = f.work.path().join("recovered");
-    let mut h = harness_recovering_to(&f, &recovery);
+    let mut h = harness(&f);
     step_until(&mut h, "the file to load", |a| a.dataset.is_some());
     let out = f.work.path().join("ft-model");
     {
@@ -361,21 +354,10 @@ fn closing_the_window_during_fine_tuning_saves_the_best_weights() {
 fn closing_the_window_with_an_unsaved_model_keeps_it_in_the_recovery_folder() {
     let f = fixture(40);
     let recovery = f.work.path().join("recovered");
-    let mut h = harness_recovering_to(&f, &recovery);
+    let mut h = harness(&f);
     step_until(&mut h, "the file to load", |a| a.dataset.is_some());
-    let blocker = f.work.path().join("not-a-folder");
-    std::fs::write(&blocker, "x").unwrap();
-    {
-        let s = &mut h.state_mut().settings.train;
-        s.epochs = 1;
-        s.batch_size = 8;
-        s.out_dir = blocker.join("model").display().to_string();
-    }
-    h.state_mut().commands.push(Command::ShowTab(Tab::FineTune));
-    h.step();
-    h.step();
-    h.get_by_label("Start fine-tuning").click();
-    step_until(&mut h, "the failed save", |a| a.unsaved.is_some());
+    fine_tune_into_an_unwritable_folder(&mut h, &f);
+    assert!(h.state().unsaved.is_some());
     eframe::App::on_exit(h.state_mut(), None);
     let saved: Vec<_> = std::fs::read_dir(&recovery)
         .expect("no recovery folder")
@@ -386,7 +368,7 @@ fn closing_the_window_with_an_unsaved_model_keeps_it_in_the_recovery_folder() {
     drop(h);
 
     // The next start says where it is.
-    let mut h = harness_recovering_to(&f, &recovery);
+    let mut h = harness(&f);
     h.step();
     let shown = h
         .state()

@@ -816,18 +816,7 @@ mod tests {
         assert!(exp(f32::NAN).is_nan() && erf(f32::NAN).is_nan());
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::core::model::max_abs_diff as max_diff;
 
     #[test]
     fn split_and_merge_heads_match_reshape_and_transpose() {

@@ -171,6 +171,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::model::max_abs_diff as diff;
     use candle_core::{Device, Var};
 
     #[test]
@@ -187,18 +188,6 @@ mod tests {
             .unwrap()
             .broadcast_add(b.as_tensor())
             .unwrap();
-        let diff = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
         assert!(diff(&ours, &theirs) < 1e-5);
         let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (theirs * &up)
@@ -220,18 +209,6 @@ mod tests {
         let up = Tensor::randn(0f32, 1.0, (7, 3), &dev).unwrap();
         let ours = product(x.as_tensor(), w.as_tensor(), false, true).unwrap();
         let reference = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
-        let diff = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
         assert!(diff(&ours, &reference) < 1e-5);
         let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (reference * &up)

@@ -154,16 +154,8 @@ mod tests {
                     theirs.step(&grads).unwrap();
                 }
             }
-            let diff: f32 = (ours_var.as_tensor() - theirs_var.as_tensor())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let diff =
+                crate::core::model::max_abs_diff(ours_var.as_tensor(), theirs_var.as_tensor());
             assert!(diff <= 1e-6, "step {step}: differs by {diff}");
         }
     }
