@@ -816,7 +816,7 @@ mod tests {
         assert!(exp(f32::NAN).is_nan() && erf(f32::NAN).is_nan());
     }
 
-    use crate::core::model::max_abs_diff as max_diff;
+    use crate::core::model::{max_abs_diff as max_diff, max_grad_diff};
 
     #[test]
     fn split_and_merge_heads_match_reshape_and_transpose() {
@@ -852,14 +852,7 @@ mod tests {
         );
         assert_eq!(max_diff(&back, x.as_tensor()), 0.0);
         let up = Tensor::randn(0f32, 1.0, (b * nh, sq, d), &dev).unwrap();
-        let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (theirs * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        assert_eq!(max_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()), 0.0);
+        assert_eq!(max_grad_diff(ours, theirs, &up, &[&x]), 0.0);
     }
 
     #[test]
@@ -896,17 +889,8 @@ mod tests {
             )
             .unwrap();
             assert!(max_diff(&ours, &theirs) < 1e-5);
-            let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
-            let g2 = (theirs * &up)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for v in [&x, &r, &w, &b] {
-                let diff = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
-                assert!(diff < 1e-4, "gradient differs by {diff}");
-            }
+            let diff = max_grad_diff(ours, theirs, &up, &[&x, &r, &w, &b]);
+            assert!(diff < 1e-4, "gradient differs by {diff}");
         }
     }
 
@@ -922,17 +906,8 @@ mod tests {
             candle_nn::ops::layer_norm_slow(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-12)
                 .unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-5);
-        let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (theirs * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for v in [&x, &w, &b] {
-            let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
-            assert!(d < 1e-4, "gradient differs by {d}");
-        }
+        let d = max_grad_diff(ours, theirs, &up, &[&x, &w, &b]);
+        assert!(d < 1e-4, "gradient differs by {d}");
     }
 
     #[test]
@@ -943,14 +918,7 @@ mod tests {
         let ours = gelu_erf(x.as_tensor()).unwrap();
         let theirs = x.as_tensor().gelu_erf().unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-6);
-        let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (theirs * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        assert!(max_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-5);
+        assert!(max_grad_diff(ours, theirs, &up, &[&x]) < 1e-5);
 
         let scores = Var::randn(0f32, 3.0, (2, 3, 4, 4), &dev).unwrap();
         let mask = Tensor::new(&[0f32, 0., 0., -1e9, 0., 0., -1e9, -1e9], &dev)
@@ -963,13 +931,6 @@ mod tests {
         let theirs =
             candle_nn::ops::softmax(&scaled.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-6);
-        let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (theirs * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        assert!(max_diff(g1.get(&scores).unwrap(), g2.get(&scores).unwrap()) < 1e-5);
+        assert!(max_grad_diff(ours, theirs, &up, &[&scores]) < 1e-5);
     }
 }

@@ -164,3 +164,23 @@ pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
         .expect("tensors of one shape")
 }
+
+/// The largest difference between the gradients `ours` and `theirs` give `vars` when both are
+/// weighted by the same upstream gradient `up` (tests of ops against candle's).
+#[cfg(test)]
+pub(crate) fn max_grad_diff(
+    ours: Tensor,
+    theirs: Tensor,
+    up: &Tensor,
+    vars: &[&candle_core::Var],
+) -> f32 {
+    let grads = |t: Tensor| {
+        (t * up)
+            .and_then(|t| t.sum_all()?.backward())
+            .expect("backward")
+    };
+    let (g1, g2) = (grads(ours), grads(theirs));
+    vars.iter()
+        .map(|v| max_abs_diff(g1.get(v).expect("gradient"), g2.get(v).expect("gradient")))
+        .fold(0.0, f32::max)
+}
