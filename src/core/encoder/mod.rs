@@ -15,7 +15,7 @@ use tokenizers::Tokenizer;
 use crate::core::embeddings::{normalize, Embeddings};
 use crate::core::jobs::{Cancelled, JobCtx, StageClock};
 use crate::core::model::{
-    resolve_source, BertModel, Checkpoint, DownloadProgress, Mode, ModelError, ModelFolder,
+    engine, resolve_source, BertModel, Checkpoint, DownloadProgress, Mode, ModelError, ModelFolder,
     ModelSource, Pooling,
 };
 
@@ -155,6 +155,8 @@ pub struct Encoder {
     /// Dimensions kept, if truncated.
     pub truncate_dim: Option<usize>,
     forward_batches: AtomicUsize,
+    /// Buffers of the fast engine, kept between batches.
+    workspace: std::sync::Mutex<engine::Workspace>,
 }
 
 impl Encoder {
@@ -250,6 +252,7 @@ impl Encoder {
             prompts,
             truncate_dim: opts.truncate_dim,
             forward_batches: AtomicUsize::new(0),
+            workspace: Default::default(),
         })
     }
 
@@ -366,20 +369,38 @@ impl Encoder {
 
     /// One padded batch through the model and pooling; returns `rows * dim` floats.
     fn forward_pooled(&self, rows: &[&Tokenized]) -> Result<Vec<f32>, EncodeError> {
-        let (ids, type_ids, mask) = self.pad(rows)?;
-        let states = self
-            .model
-            .forward(&ids, &type_ids, &mask, &mut Mode::Eval)?;
+        let batch = self.batch(rows);
+        let h = self.model.config.hidden_size;
+        let pooled = engine::with_params(&self.model, |p| {
+            // One encoder embeds on one thread at a time; a poisoned lock only means an earlier
+            // batch panicked, and the buffers are overwritten anyway.
+            let mut ws = self
+                .workspace
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let states = engine::infer(p, &batch, &mut ws)?;
+            Ok::<_, String>(engine::pool(
+                states,
+                &batch.lens,
+                batch.seq,
+                h,
+                self.pooling,
+            ))
+        })?
+        .map_err(candle_core::Error::Msg)?;
         self.forward_batches.fetch_add(1, Ordering::Relaxed);
-        let pooled = pool(&states, &mask, self.pooling)?;
-        let pooled = match self.truncate_dim {
-            Some(d) => pooled.narrow(1, 0, d)?,
-            None => pooled,
+        let dim = self.dim();
+        let mut out: Vec<f32> = if dim == h {
+            pooled
+        } else {
+            pooled
+                .chunks(h)
+                .flat_map(|v| v[..dim].iter().copied())
+                .collect()
         };
-        let mut out = pooled.flatten_all()?.to_vec1::<f32>()?;
         // Matryoshka truncation re-normalises even when the folder has no Normalize module.
         if self.normalize || self.truncate_dim.is_some() {
-            out.chunks_mut(self.dim()).for_each(normalize);
+            out.chunks_mut(dim).for_each(normalize);
         }
         Ok(out)
     }
@@ -406,23 +427,44 @@ impl Encoder {
         })
     }
 
-    /// Right-pads a batch to its longest row: ids, type ids, attention mask, each (b, s) u32.
-    fn pad(&self, rows: &[&Tokenized]) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-        let seq_len = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
-        let b_sz = rows.len();
-        let mut ids = vec![self.pad_id; b_sz * seq_len];
-        let mut type_ids = vec![0u32; b_sz * seq_len];
-        let mut mask = vec![0u32; b_sz * seq_len];
+    /// Right-pads a batch to its longest row.
+    fn batch(&self, rows: &[&Tokenized]) -> engine::Batch {
+        let seq = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+        let mut ids = vec![self.pad_id; rows.len() * seq];
+        let mut type_ids = vec![0u32; rows.len() * seq];
         for (r, row) in rows.iter().enumerate() {
-            let base = r * seq_len;
+            let base = r * seq;
             ids[base..base + row.ids.len()].copy_from_slice(&row.ids);
             type_ids[base..base + row.type_ids.len()].copy_from_slice(&row.type_ids);
-            mask[base..base + row.ids.len()].fill(1);
+        }
+        engine::Batch {
+            ids,
+            type_ids,
+            lens: rows.iter().map(|r| r.ids.len()).collect(),
+            seq,
+        }
+    }
+
+    /// Tokenized and right-padded texts with the role's prompt, for the training engine.
+    pub fn prepare(&self, texts: &[&str], role: Role) -> Result<engine::Batch, EncodeError> {
+        let emit = |_: crate::core::jobs::Update<()>| {};
+        let ctx = JobCtx::new(crate::core::jobs::CancelToken::new(), &emit);
+        let tokenized = self.tokenize(texts, role, &ctx)?;
+        Ok(self.batch(&tokenized.iter().collect::<Vec<_>>()))
+    }
+
+    /// A batch as tensors: ids, type ids, attention mask, each (b, s) u32.
+    fn pad(&self, rows: &[&Tokenized]) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let batch = self.batch(rows);
+        let (b_sz, seq_len) = (rows.len(), batch.seq);
+        let mut mask = vec![0u32; b_sz * seq_len];
+        for (row, &len) in mask.chunks_mut(seq_len.max(1)).zip(&batch.lens) {
+            row[..len].fill(1);
         }
         let dev = Device::Cpu;
         Ok((
-            Tensor::from_vec(ids, (b_sz, seq_len), &dev)?,
-            Tensor::from_vec(type_ids, (b_sz, seq_len), &dev)?,
+            Tensor::from_vec(batch.ids, (b_sz, seq_len), &dev)?,
+            Tensor::from_vec(batch.type_ids, (b_sz, seq_len), &dev)?,
             Tensor::from_vec(mask, (b_sz, seq_len), &dev)?,
         ))
     }

@@ -285,6 +285,32 @@ impl BertModel {
         })
     }
 
+    /// Every weight, in the order the fast engine (`engine.rs`) indexes them: word, position and
+    /// token-type embeddings, the embedding layer norm's weight and bias, then per layer query,
+    /// key, value, attention output, its layer norm, intermediate, output and its layer norm
+    /// (weight before bias each).
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        let e = &self.embeddings;
+        let mut t = vec![
+            e.word.embeddings(),
+            e.position.embeddings(),
+            e.token_type.embeddings(),
+            &e.layer_norm.weight,
+            &e.layer_norm.bias,
+        ];
+        for l in &self.layers {
+            for lin in [&l.query, &l.key, &l.value, &l.attn_out] {
+                t.extend([&lin.weight, &lin.bias]);
+            }
+            t.extend([&l.attn_norm.weight, &l.attn_norm.bias]);
+            for lin in [&l.intermediate, &l.output] {
+                t.extend([&lin.weight, &lin.bias]);
+            }
+            t.extend([&l.out_norm.weight, &l.out_norm.bias]);
+        }
+        t
+    }
+
     /// input_ids, token_type_ids, attention_mask: (b, s) u32 -> token states (b, s, h), f32.
     pub fn forward(
         &self,

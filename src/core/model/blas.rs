@@ -128,7 +128,7 @@ fn open(name: &str) -> Option<Blas> {
     };
     // [[1,2],[3,4]] x [[5,6],[7,8]]^T = [[17,23],[39,53]]
     let (a, b, mut c) = ([1f32, 2., 3., 4.], [5f32, 6., 7., 8.], [0f32; 4]);
-    call_blas(&blas, false, true, 2, 2, 2, &a, 2, &b, 2, &mut c, false);
+    call_blas(&blas, false, true, 2, 2, 2, &a, 2, &b, 2, &mut c, 2, false);
     (c == [17., 23., 39., 53.]).then_some(blas)
 }
 
@@ -177,6 +177,7 @@ fn call_blas(
     b: &[f32],
     ldb: usize,
     c: &mut [f32],
+    ldc: usize,
     accumulate: bool,
 ) {
     let flag = |t: bool| if t { CBLAS_TRANS } else { CBLAS_NO_TRANS };
@@ -186,7 +187,7 @@ fn call_blas(
     let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
     assert!(a.len() >= reach(a_rows, a_cols, lda) && a_cols <= lda);
     assert!(b.len() >= reach(b_rows, b_cols, ldb) && b_cols <= ldb);
-    assert!(c.len() >= m * n);
+    assert!(c.len() >= reach(m, n, ldc) && n <= ldc);
     // SAFETY: the asserts above check that `a`, `b` and `c` cover op(A) (m x k), op(B) (k x n)
     // and C (m x n) with these leading dimensions; the library reads only those and writes
     // only C.
@@ -205,7 +206,7 @@ fn call_blas(
             ldb as i32,
             if accumulate { 1.0 } else { 0.0 },
             c.as_mut_ptr(),
-            n as i32,
+            ldc as i32,
         )
     }
 }
@@ -291,7 +292,7 @@ fn gemm_into(
                 // op(A)'s rows i0.. start at row i0 of A, or at column i0 when A is transposed.
                 let a_part = if trans_a { &a[i0..] } else { &a[i0 * k..] };
                 call_blas(
-                    blas, trans_a, trans_b, mi, n, k, a_part, lda, b, ldb, c_rows, accumulate,
+                    blas, trans_a, trans_b, mi, n, k, a_part, lda, b, ldb, c_rows, n, accumulate,
                 );
             });
         return;
@@ -303,6 +304,93 @@ fn gemm_into(
         gemm::Parallelism::None
     };
     builtin(trans_a, trans_b, m, n, k, a, b, c, parallelism, accumulate);
+}
+
+/// One product on the calling thread over strided row-major views: `c = op(a) · op(b)` (or
+/// `c += …` when `accumulate`), where `lda`, `ldb` and `ldc` are the row lengths of the stored
+/// matrices (a head's columns inside a row of all heads, for instance). For many small products
+/// run in parallel by the caller (attention, one sequence per thread).
+///
+/// # Panics
+/// When a slice does not reach the last element its description needs.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_strided(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let reach = |rows: usize, cols: usize, ld: usize| (rows - 1) * ld + cols;
+    assert!(
+        reach(m, n, ldc) <= c.len() && n <= ldc,
+        "sgemm: C out of range"
+    );
+    if k == 0 {
+        if !accumulate {
+            c.chunks_mut(ldc).take(m).for_each(|r| r[..n].fill(0.0));
+        }
+        return;
+    }
+    let (a_rows, a_cols) = if trans_a { (k, m) } else { (m, k) };
+    let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
+    assert!(
+        reach(a_rows, a_cols, lda) <= a.len() && a_cols <= lda,
+        "sgemm: A out of range"
+    );
+    assert!(
+        reach(b_rows, b_cols, ldb) <= b.len() && b_cols <= ldb,
+        "sgemm: B out of range"
+    );
+    assert!(
+        [m, n, k, lda, ldb, ldc]
+            .iter()
+            .all(|&d| d <= i32::MAX as usize),
+        "sgemm: dimension too large"
+    );
+    if let Some(blas) = blas() {
+        return call_blas(
+            blas, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, accumulate,
+        );
+    }
+    // Strides of op(a)[i][p] and op(b)[p][j] in the stored buffers.
+    let (a_rs, a_cs) = if trans_a { (1, lda) } else { (lda, 1) };
+    let (b_rs, b_cs) = if trans_b { (1, ldb) } else { (ldb, 1) };
+    // SAFETY: the asserts above check that every element these strides reach lies inside the
+    // slices; `c` is written, `a` and `b` only read, and they do not overlap (`c` is `&mut`).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
 }
 
 /// [`builtin`] on the calling thread.
@@ -409,7 +497,9 @@ pub fn sgemm_batched(
             match lib {
                 Some(lib) => {
                     let (lda, ldb) = (if trans_a { m } else { k }, if trans_b { k } else { n });
-                    call_blas(lib, trans_a, trans_b, m, n, k, ai, lda, bi, ldb, ci, false)
+                    call_blas(
+                        lib, trans_a, trans_b, m, n, k, ai, lda, bi, ldb, ci, n, false,
+                    )
                 }
                 None => builtin_single(trans_a, trans_b, m, n, k, ai, bi, ci),
             }

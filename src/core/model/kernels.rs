@@ -9,13 +9,13 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 /// Elements per parallel work item.
-const CHUNK: usize = 1 << 14;
+pub(super) const CHUNK: usize = 1 << 14;
 
 /// Runs `f` compiled for AVX2 and FMA when the CPU has them, else as built (SSE2 on x86-64). The
 /// results are the same bit for bit: the kernels' reductions use a fixed number of lanes, and
 /// Rust never fuses a multiply and an add on its own.
 #[inline(always)]
-fn simd<R>(f: impl FnOnce() -> R) -> R {
+pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2,fma")]
@@ -86,12 +86,12 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 #[inline(always)]
-fn gelu(x: f32) -> f32 {
+pub(super) fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2))
 }
 
 #[inline(always)]
-fn gelu_derivative(x: f32) -> f32 {
+pub(super) fn gelu_derivative(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * FRAC_1_SQRT_2)) + x * FRAC_1_SQRT_2PI * exp(-0.5 * x * x)
 }
 
@@ -193,17 +193,34 @@ impl MaskedSoftmax {
             let row = first_row + r;
             let x = &scores[row * s..(row + 1) * s];
             let m = &mask[(row / (h * s)) * s..][..s];
-            // Separate passes so each one vectorises.
-            for (o, (&x, &m)) in o.iter_mut().zip(x.iter().zip(m)) {
-                *o = x * self.scale + m;
-            }
-            let max = max8(o);
-            for o in o.iter_mut() {
-                *o = exp(*o - max);
-            }
-            let inv = 1.0 / sum8(o, |_, v| v);
-            o.iter_mut().for_each(|o| *o *= inv);
+            o.copy_from_slice(x);
+            softmax_row(o, m, self.scale);
         }
+    }
+}
+
+/// `row = softmax(scale * row + mask)`, in place.
+#[inline(always)]
+pub(super) fn softmax_row(row: &mut [f32], mask: &[f32], scale: f32) {
+    // Separate passes so each one vectorises.
+    for (o, &m) in row.iter_mut().zip(mask) {
+        *o = *o * scale + m;
+    }
+    let max = max8(row);
+    for o in row.iter_mut() {
+        *o = exp(*o - max);
+    }
+    let inv = 1.0 / sum8(row, |_, v| v);
+    row.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// The scaled softmax's backward pass for one row, in place: `g` holds d(probs) and becomes
+/// d(scores) = scale * p * (g - sum(g * p)).
+#[inline(always)]
+pub(super) fn softmax_grad_row(g: &mut [f32], p: &[f32], scale: f32) {
+    let dot = sum8(g, |i, g| g * p[i]);
+    for (g, &p) in g.iter_mut().zip(p) {
+        *g = scale * p * (*g - dot);
     }
 }
 
@@ -279,10 +296,8 @@ impl CustomOp2 for SoftmaxGrad {
             )
             .for_each(|(o, (p, g))| {
                 for ((o, p), g) in o.chunks_mut(s).zip(p.chunks(s)).zip(g.chunks(s)) {
-                    let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
-                    for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
-                        *o = self.scale * p * (g - dot);
-                    }
+                    o.copy_from_slice(g);
+                    softmax_grad_row(o, p, self.scale);
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -349,6 +364,74 @@ fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
+/// Layer norm of each row of `x` (rows of `w.len()`) into `out`, in parallel.
+pub(super) fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    let rows_per_item = (CHUNK / d.max(1)).max(1);
+    out.par_chunks_mut(rows_per_item * d)
+        .zip(x.par_chunks(rows_per_item * d))
+        .for_each(|(o, x)| {
+            simd(|| {
+                for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
+                    let (mean, rstd) = row_stats(x, eps);
+                    for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+                        *o = (x - mean) * rstd * w + b;
+                    }
+                }
+            })
+        });
+}
+
+/// The layer norm's backward pass over rows: `dx` gets d(input) from the input rows `x` and the
+/// gradient rows `g`; d(weight) and d(bias) are added to `dw` and `db`.
+pub(super) fn layer_norm_grad_rows(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    let d = w.len();
+    let rows_per_item = (CHUNK / d.max(1)).max(1);
+    // dx per row; each work item also sums its rows' contributions to d(weight), d(bias).
+    let partial: Vec<Vec<f32>> = dx
+        .par_chunks_mut(rows_per_item * d)
+        .zip(
+            x.par_chunks(rows_per_item * d)
+                .zip(g.par_chunks(rows_per_item * d)),
+        )
+        .map(|(dx, (x, g))| {
+            let mut acc = vec![0f32; 2 * d];
+            let (dw, db) = acc.split_at_mut(d);
+            let mut xhat = vec![0f32; d];
+            simd(|| {
+                for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
+                    let (mean, rstd) = row_stats(x, eps);
+                    for (h, &x) in xhat.iter_mut().zip(x) {
+                        *h = (x - mean) * rstd;
+                    }
+                    let mean_dh = sum8(g, |i, g| g * w[i]) / d as f32;
+                    let mean_dh_h = sum8(g, |i, g| g * w[i] * xhat[i]) / d as f32;
+                    for i in 0..d {
+                        let dh = g[i] * w[i];
+                        dx[i] = rstd * (dh - mean_dh - xhat[i] * mean_dh_h);
+                        dw[i] += g[i] * xhat[i];
+                        db[i] += g[i];
+                    }
+                }
+            });
+            acc
+        })
+        .collect();
+    for acc in partial {
+        let (pw, pb) = acc.split_at(d);
+        dw.iter_mut().zip(pw).for_each(|(o, a)| *o += a);
+        db.iter_mut().zip(pb).for_each(|(o, a)| *o += a);
+    }
+}
+
 /// Layer normalisation over the last dimension with weight and bias.
 struct LayerNorm {
     eps: f32,
@@ -386,17 +469,7 @@ impl CustomOp3 for LayerNorm {
             );
         }
         let mut out = vec![0f32; n * d];
-        let rows_per_item = (CHUNK / d.max(1)).max(1);
-        out.par_chunks_mut(rows_per_item * d)
-            .zip(x.par_chunks(rows_per_item * d))
-            .for_each(|(o, x)| {
-                for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
-                    let (mean, rstd) = row_stats(x, self.eps);
-                    for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
-                        *o = (x - mean) * rstd * w + b;
-                    }
-                }
-            });
+        layer_norm_rows(x, w, b, self.eps, &mut out);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -450,40 +523,8 @@ impl CustomOp3 for LayerNormGrad {
         }
         let mut out = vec![0f32; (n + 2) * d];
         let (dx, dwb) = out.split_at_mut(n * d);
-        let rows_per_item = (CHUNK / d.max(1)).max(1);
-        // dx per row; each work item also sums its rows' contributions to d(weight), d(bias).
-        let partial: Vec<Vec<f32>> = dx
-            .par_chunks_mut(rows_per_item * d)
-            .zip(
-                x.par_chunks(rows_per_item * d)
-                    .zip(g.par_chunks(rows_per_item * d)),
-            )
-            .map(|(dx, (x, g))| {
-                let mut acc = vec![0f32; 2 * d];
-                let (dw, db) = acc.split_at_mut(d);
-                let mut xhat = vec![0f32; d];
-                for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
-                    let (mean, rstd) = row_stats(x, self.eps);
-                    for (h, &x) in xhat.iter_mut().zip(x) {
-                        *h = (x - mean) * rstd;
-                    }
-                    let mean_dh = sum8(g, |i, g| g * w[i]) / d as f32;
-                    let mean_dh_h = sum8(g, |i, g| g * w[i] * xhat[i]) / d as f32;
-                    for i in 0..d {
-                        let dh = g[i] * w[i];
-                        dx[i] = rstd * (dh - mean_dh - xhat[i] * mean_dh_h);
-                        dw[i] += g[i] * xhat[i];
-                        db[i] += g[i];
-                    }
-                }
-                acc
-            })
-            .collect();
-        for acc in partial {
-            for (o, a) in dwb.iter_mut().zip(acc) {
-                *o += a;
-            }
-        }
+        let (dw, db) = dwb.split_at_mut(d);
+        layer_norm_grad_rows(x, w, g, self.eps, dx, dw, db);
         Ok((CpuStorage::F32(out), Shape::from((n + 2, d))))
     }
 }

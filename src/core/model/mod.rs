@@ -4,6 +4,7 @@
 pub mod bert;
 pub mod blas;
 pub mod config;
+pub mod engine;
 mod folder;
 mod hub;
 mod kernels;

@@ -17,11 +17,11 @@ use rand::SeedableRng;
 
 use crate::core::data::Triplet;
 use crate::core::encoder::{
-    embed_triplets, EncodeError, Encoder, EncoderOptions, PromptChoice, Role,
+    embed_triplets, l2_normalize, EncodeError, Encoder, EncoderOptions, PromptChoice, Role,
 };
 use crate::core::jobs::{JobCtx, StageClock};
 use crate::core::metrics::{evaluate, RetrievalIndex};
-use crate::core::model::{BertModel, Checkpoint, DropoutRng, Mode, ModelFolder};
+use crate::core::model::{engine, BertModel, Checkpoint, DropoutRng, ModelFolder};
 
 /// Which loss to train with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -236,19 +236,30 @@ pub const BEST_METRIC: &str = "cosine_ndcg@10";
 struct SeededDropout(rand::rngs::SmallRng);
 
 impl DropoutRng for SeededDropout {
+    /// Blocks of the mask are drawn in parallel, each from a generator seeded by one draw of
+    /// this one and the block's index: the same masks on any number of threads.
     fn mask(&mut self, n: usize, p: f32) -> Vec<f32> {
         use rand::RngCore;
+        use rayon::prelude::*;
+        const BLOCK: usize = 1 << 16;
         let scale = 1.0 / (1.0 - p);
         // Two 32-bit draws per 64-bit word; drop when the draw is below p * 2^32.
         let threshold = (p as f64 * 4294967296.0) as u64;
-        let mut out = Vec::with_capacity(n + 1);
-        while out.len() < n {
-            let r = self.0.next_u64();
-            for half in [r & 0xFFFF_FFFF, r >> 32] {
-                out.push(if half < threshold { 0.0 } else { scale });
-            }
-        }
-        out.truncate(n);
+        let seed = self.0.next_u64();
+        let mut out = vec![0f32; n];
+        out.par_chunks_mut(BLOCK)
+            .enumerate()
+            .for_each(|(i, block)| {
+                let mut rng = rand::rngs::SmallRng::seed_from_u64(
+                    seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                );
+                for pair in block.chunks_mut(2) {
+                    let r = rng.next_u64();
+                    for (o, half) in pair.iter_mut().zip([r & 0xFFFF_FFFF, r >> 32]) {
+                        *o = if half < threshold { 0.0 } else { scale };
+                    }
+                }
+            });
         out
     }
 }
@@ -300,6 +311,24 @@ impl Trainable {
     pub fn model(&self) -> Result<BertModel, TrainError> {
         let vb = VarBuilder::from_varmap(&self.varmap, DType::F32, &Device::Cpu);
         Ok(BertModel::load(vb, &self.config)?)
+    }
+
+    /// The variables behind each of `model.tensors()`, in that order.
+    fn vars_in_model_order(&self, model: &BertModel) -> Result<Vec<Var>, TrainError> {
+        let by_id: HashMap<_, Var> = self
+            .vars()
+            .into_iter()
+            .map(|(_, v)| (v.as_tensor().id(), v))
+            .collect();
+        model
+            .tensors()
+            .iter()
+            .map(|t| {
+                by_id.get(&t.id()).cloned().ok_or_else(|| {
+                    TrainError::InvalidConfig("a model weight is not a trainable variable".into())
+                })
+            })
+            .collect()
     }
 
     /// Every variable with its name.
@@ -381,68 +410,130 @@ fn plan_batches<'a>(train: &'a [Triplet], cfg: &TrainConfig) -> Vec<Batch<'a>> {
     out
 }
 
-fn batch_loss(
-    enc: &Encoder,
-    batch: &Batch,
-    cfg: &TrainConfig,
-    mode: &mut Mode,
-) -> Result<Tensor, TrainError> {
-    let a = enc.forward_train(&batch.anchors, Role::Query, mode)?;
-    let loss = match cfg.loss {
+/// The loss of a batch's pooled (and, as the model outputs them, normalised) vectors: one tensor
+/// per forward pass (anchors, then the other texts).
+fn loss_of(outs: &[Tensor], batch: &Batch, cfg: &TrainConfig) -> Result<Tensor, TrainError> {
+    let [a, d] = outs else {
+        return Err(TrainError::InvalidConfig(
+            "a batch has two forward passes".into(),
+        ));
+    };
+    Ok(match cfg.loss {
         LossKind::Contrastive => {
-            let b = enc.forward_train(&batch.others, Role::Document, mode)?;
             let labels = Tensor::new(batch.labels.as_slice(), &Device::Cpu)?;
-            loss::contrastive(&a, &b, &labels, cfg.contrastive_margin)?
+            loss::contrastive(a, d, &labels, cfg.contrastive_margin)?
         }
         LossKind::Mnrl | LossKind::Triplet => {
-            // Positives and negatives in one forward pass: they have similar lengths.
-            let docs: Vec<&str> = batch
-                .others
-                .iter()
-                .chain(&batch.negatives)
-                .copied()
-                .collect();
-            let d = enc.forward_train(&docs, Role::Document, mode)?;
             let n = batch.others.len();
             let (p, neg) = (d.narrow(0, 0, n)?, d.narrow(0, n, n)?);
             if cfg.loss == LossKind::Mnrl {
-                loss::mnrl(&a, &p, Some(&neg), cfg.mnrl_scale)?
+                loss::mnrl(a, &p, Some(&neg), cfg.mnrl_scale)?
             } else {
-                loss::triplet(&a, &p, &neg, cfg.triplet_margin)?
+                loss::triplet(a, &p, &neg, cfg.triplet_margin)?
             }
         }
-    };
-    Ok(loss)
+    })
+}
+
+/// The two forward passes of a batch: anchors (as queries), and the other texts as documents
+/// (positives and negatives in one pass: they have similar lengths).
+fn batch_inputs(enc: &Encoder, batch: &Batch) -> Result<[engine::Batch; 2], TrainError> {
+    let docs: Vec<&str> = batch
+        .others
+        .iter()
+        .chain(&batch.negatives)
+        .copied()
+        .collect();
+    Ok([
+        enc.prepare(&batch.anchors, Role::Query)?,
+        enc.prepare(&docs, Role::Document)?,
+    ])
+}
+
+/// What one step's forward and backward passes produced.
+struct StepResult {
+    loss: f64,
+    /// Seconds spent in the forward passes and the loss.
+    forward_secs: f64,
+}
+
+/// Forward passes, loss and backward passes of one batch on the fast engine; the gradients are
+/// added to `grads`. A non-finite loss returns before the backward pass.
+fn forward_backward(
+    model: &BertModel,
+    enc: &Encoder,
+    batch: &Batch,
+    cfg: &TrainConfig,
+    rng: &mut dyn DropoutRng,
+    grads: &mut engine::Grads,
+) -> Result<StepResult, TrainError> {
+    let start = Instant::now();
+    let inputs = batch_inputs(enc, batch)?;
+    let h = model.config.hidden_size;
+    engine::with_params(model, |p| {
+        let tapes = inputs
+            .iter()
+            .map(|b| engine::forward_train(p, b, rng))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(candle_core::Error::Msg)?;
+        let pooled = tapes
+            .iter()
+            .map(|t| {
+                let v = t.pooled(enc.pooling);
+                let rows = v.len() / h;
+                Var::from_vec(v, (rows, h), &Device::Cpu)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let outs = pooled
+            .iter()
+            .map(|v| {
+                if enc.normalize {
+                    l2_normalize(v.as_tensor())
+                } else {
+                    Ok(v.as_tensor().clone())
+                }
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let loss = loss_of(&outs, batch, cfg)?;
+        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let forward_secs = start.elapsed().as_secs_f64();
+        if value.is_finite() {
+            let g = loss.backward()?;
+            for (tape, var) in tapes.iter().zip(&pooled).rev() {
+                let d = match g.get(var.as_tensor()) {
+                    Some(d) => d.flatten_all()?.to_vec1::<f32>()?,
+                    None => continue,
+                };
+                engine::backward(p, tape, &d, enc.pooling, grads);
+            }
+        }
+        Ok(StepResult {
+            loss: value,
+            forward_secs,
+        })
+    })?
 }
 
 /// The global gradient norm, and the factor that scales the gradients to a norm of at most
 /// `max_norm` (torch's clip_grad_norm_; 1 when no clipping is needed). The optimizer applies the
 /// factor as it reads the gradients.
-fn clip_gradients(
-    grads: &candle_core::backprop::GradStore,
-    vars: &[(String, Var)],
-    max_norm: f64,
-) -> Result<(f64, f64), TrainError> {
-    let mut total = 0f64;
-    for (_, v) in vars {
-        if let Some(g) = grads.get(v.as_tensor()) {
-            total += g
-                .sqr()?
-                .sum_all()?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?;
-        }
-    }
+fn clip_gradients(grads: &[Vec<f32>], max_norm: f64) -> (f64, f64) {
+    use rayon::prelude::*;
+    let total: f64 = grads
+        .par_iter()
+        .flat_map(|g| g.par_chunks(1 << 14))
+        .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
+        .sum();
     let norm = total.sqrt();
     let scale = max_norm / (norm + 1e-6);
-    Ok((
+    (
         norm,
         if norm.is_finite() && scale < 1.0 {
             scale
         } else {
             1.0
         },
-    ))
+    )
 }
 
 /// Validation metrics of the current weights.
@@ -564,7 +655,10 @@ pub fn train(
     let mut best_weights = weights.snapshot()?;
     evals.push(point);
 
-    let vars = weights.vars();
+    // The model over the variables: the engine reads their current values in place.
+    let model = weights.model()?;
+    let vars = weights.vars_in_model_order(&model)?;
+    let mut grads = engine::Grads::new(&model);
     let params = optim::AdamWParams {
         lr: cfg.lr,
         beta1: 0.9,
@@ -572,7 +666,7 @@ pub fn train(
         eps: 1e-8,
         weight_decay: cfg.weight_decay,
     };
-    let mut opt = optim::AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), params);
+    let mut opt = optim::AdamW::new(vars, params);
     let mut dropout = SeededDropout(rand::rngs::SmallRng::seed_from_u64(cfg.seed ^ 0x5eed));
     let clock = StageClock::start("training", "steps", total_steps);
     let mut stop = StopReason::Completed;
@@ -586,23 +680,21 @@ pub fn train(
         let step_start = Instant::now();
         let lr = linear_lr(i, total_steps, warmup_steps, cfg.lr);
         opt.set_learning_rate(lr);
-        let loss = batch_loss(&train_enc, batch, cfg, &mut Mode::Train(&mut dropout))?;
-        let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !loss_value.is_finite() {
+        grads.zero();
+        let result = forward_backward(&model, &train_enc, batch, cfg, &mut dropout, &mut grads)?;
+        if !result.loss.is_finite() {
             stop = StopReason::NonFiniteLoss { step: i + 1 };
             break;
         }
-        let t_fwd = step_start.elapsed().as_secs_f64();
-        let grads = loss.backward()?;
-        drop(loss);
+        let t_fwd = result.forward_secs;
         let t_bwd = step_start.elapsed().as_secs_f64();
-        let (grad_norm, grad_scale) = clip_gradients(&grads, &vars, cfg.max_grad_norm)?;
+        let (grad_norm, grad_scale) = clip_gradients(&grads.t, cfg.max_grad_norm);
         if !grad_norm.is_finite() {
             stop = StopReason::NonFiniteLoss { step: i + 1 };
             break;
         }
-        opt.step(&grads, grad_scale)?;
-        drop(grads);
+        opt.step(&grads.t, grad_scale)?;
+        let loss_value = result.loss;
         let secs = step_start.elapsed().as_secs_f64();
         let texts = batch.anchors.len() + batch.others.len() + batch.negatives.len();
         let point = StepPoint {

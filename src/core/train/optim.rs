@@ -2,7 +2,6 @@
 //! f32 operations as candle-nn 0.11's), in one parallel pass per parameter instead of a dozen
 //! tensor operations that each allocate a parameter-sized buffer.
 
-use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 use rayon::prelude::*;
 
@@ -60,9 +59,17 @@ impl AdamW {
         self.params.lr = lr;
     }
 
-    /// One update of every variable that has a gradient, the gradients multiplied by
-    /// `grad_scale` first (gradient clipping).
-    pub fn step(&mut self, grads: &GradStore, grad_scale: f64) -> Result<()> {
+    /// One update of every variable with its gradient (`grads[i]` belongs to the i-th variable
+    /// given to [`AdamW::new`]), the gradients multiplied by `grad_scale` first (gradient
+    /// clipping).
+    pub fn step(&mut self, grads: &[Vec<f32>], grad_scale: f64) -> Result<()> {
+        if grads.len() != self.slots.len() {
+            candle_core::bail!(
+                "{} gradients for {} variables",
+                grads.len(),
+                self.slots.len()
+            );
+        }
         self.step_t += 1;
         let p = self.params;
         let f = |x: f64| x as f32;
@@ -73,12 +80,11 @@ impl AdamW {
         let decay = f(1.0 - p.lr * p.weight_decay);
         let (lr, eps) = (f(p.lr), f(p.eps));
         let clip = f(grad_scale);
-        for slot in &mut self.slots {
-            let Some(g) = grads.get(slot.var.as_tensor()) else {
-                continue;
-            };
-            let g = g.flatten_all()?.to_vec1::<f32>()?;
+        for (slot, g) in self.slots.iter_mut().zip(grads) {
             let mut theta = slot.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            if g.len() != theta.len() {
+                candle_core::bail!("a gradient of {} values for {}", g.len(), theta.len());
+            }
             theta
                 .par_chunks_mut(1 << 14)
                 .zip(slot.m.par_chunks_mut(1 << 14))
@@ -149,7 +155,9 @@ mod tests {
                     .unwrap();
                 let grads = loss.backward().unwrap();
                 if opt == 0 {
-                    ours.step(&grads, 1.0).unwrap();
+                    let g = grads.get(var.as_tensor()).unwrap();
+                    ours.step(&[g.flatten_all().unwrap().to_vec1().unwrap()], 1.0)
+                        .unwrap();
                 } else {
                     theirs.step(&grads).unwrap();
                 }
