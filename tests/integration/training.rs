@@ -122,8 +122,8 @@ fn losses_match_sentence_transformers() {
 /// Dropout that drops nothing, so forward passes are deterministic in training mode.
 struct NoDrop;
 impl DropoutRng for NoDrop {
-    fn mask(&mut self, n: usize, _p: f32) -> Vec<f32> {
-        vec![1.0; n]
+    fn fill(&mut self, out: &mut [f32], _p: f32) {
+        out.fill(1.0);
     }
 }
 

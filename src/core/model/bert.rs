@@ -10,8 +10,15 @@ use super::config::{BertConfig, HiddenAct};
 
 /// Source of dropout masks; training passes a seeded one, inference none.
 pub trait DropoutRng {
+    /// Fills `out` with a keep-mask scaled by 1/(1-p).
+    fn fill(&mut self, out: &mut [f32], p: f32);
+
     /// A keep-mask scaled by 1/(1-p), of `n` elements.
-    fn mask(&mut self, n: usize, p: f32) -> Vec<f32>;
+    fn mask(&mut self, n: usize, p: f32) -> Vec<f32> {
+        let mut out = vec![0f32; n];
+        self.fill(&mut out, p);
+        out
+    }
 }
 
 /// How a forward pass runs: eval (no dropout, fused kernels) or train (dropout, autograd-safe ops).

@@ -98,7 +98,7 @@ impl Batch {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Dims {
     b: usize,
     s: usize,
@@ -324,15 +324,16 @@ fn attend_sequence(
     let scale = 1.0 / (d as f32).sqrt();
     let base = seq * s * h;
     let bias = &bias[seq * s..(seq + 1) * s];
+    // In inference one head's scores at a time, in a buffer that stays in cache.
     let mut local = Vec::new();
     let mut dropped = Vec::new();
-    let probs = match probs {
-        Some(p) => p,
-        None => sized(&mut local, dm.heads * s * s),
-    };
+    let mut probs = probs;
     for head in 0..dm.heads {
         let off = base + head * d;
-        let p = &mut probs[head * s * s..(head + 1) * s * s];
+        let p = match probs.as_deref_mut() {
+            Some(all) => &mut all[head * s * s..(head + 1) * s * s],
+            None => sized(&mut local, s * s),
+        };
         sgemm_strided(
             false,
             true,
@@ -379,7 +380,10 @@ fn attend_sequence(
     }
 }
 
-/// Everything a training forward pass keeps for [`backward`].
+/// Everything a training forward pass keeps for [`backward`]. A tape is filled again by the
+/// next step's [`forward_train`]: its buffers are reused, not re-allocated (fresh buffers of this
+/// size come from the OS as zeroed pages, a tenth of a step).
+#[derive(Default)]
 pub struct Tape {
     dims: Dims,
     ids: Vec<u32>,
@@ -391,6 +395,22 @@ pub struct Tape {
     /// Input of each layer, then the last layer's output: layers + 1 entries of (n, h).
     xs: Vec<Vec<f32>>,
     layers: Vec<LayerActs>,
+    /// Buffers of the backward pass.
+    scratch: BackwardScratch,
+}
+
+/// The backward pass's buffers, kept with the tape for the next step.
+#[derive(Default)]
+struct BackwardScratch {
+    dy: Vec<f32>,
+    dx: Vec<f32>,
+    dz: Vec<f32>,
+    d_out: Vec<f32>,
+    d_act: Vec<f32>,
+    dctx: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
 }
 
 impl Tape {
@@ -474,14 +494,15 @@ fn layer_forward(
     let hidden_p = p.cfg.hidden_dropout_prob as f32;
     let attn_p = p.cfg.attention_probs_dropout_prob as f32;
     let train = rng.is_some();
-    let mut draw = |len: usize, prob: f32| match rng.as_deref_mut() {
-        Some(r) if prob > 0.0 => Some(r.mask(len, prob)),
-        _ => None,
+    // Keep-masks go into the tape's buffers of the previous step.
+    let mut draw = |buf: &mut Option<Vec<f32>>, len: usize, prob: f32| match rng.as_deref_mut() {
+        Some(r) if prob > 0.0 => r.fill(sized(buf.get_or_insert_with(Vec::new), len), prob),
+        _ => *buf = None,
     };
     dense(x, w(ix::Q_W), w(ix::Q_B), n, sized(&mut acts.q, n * h));
     dense(x, w(ix::K_W), w(ix::K_B), n, sized(&mut acts.k, n * h));
     dense(x, w(ix::V_W), w(ix::V_B), n, sized(&mut acts.v, n * h));
-    acts.probs_mask = draw(dm.b * dm.heads * dm.s * dm.s, attn_p);
+    draw(&mut acts.probs_mask, dm.b * dm.heads * dm.s * dm.s, attn_p);
     let (q, k, v) = (&acts.q, &acts.k, &acts.v);
     let keep = acts.probs_mask.as_deref();
     let ctx = sized(&mut acts.ctx, n * h);
@@ -500,7 +521,7 @@ fn layer_forward(
     // Attention output: dense, dropout, residual, layer norm.
     let scratch = sized(&mut acts.scratch, n * h);
     dense(&acts.ctx, w(ix::O_W), w(ix::O_B), n, scratch);
-    acts.mask1 = draw(n * h, hidden_p);
+    draw(&mut acts.mask1, n * h, hidden_p);
     dropout_add(
         scratch,
         acts.mask1.as_deref(),
@@ -533,7 +554,7 @@ fn layer_forward(
     };
     let scratch = sized(&mut acts.scratch, n * h);
     dense(act, w(ix::OUT_W), w(ix::OUT_B), n, scratch);
-    acts.mask2 = draw(n * h, hidden_p);
+    draw(&mut acts.mask2, n * h, hidden_p);
     let z2 = sized(&mut acts.z2, n * h);
     dropout_add(&acts.scratch, acts.mask2.as_deref(), &acts.y1, z2);
     layer_norm_rows(z2, w(ix::LN2_W), w(ix::LN2_B), dm.eps, out);
@@ -564,51 +585,44 @@ pub fn infer<'w>(p: &Params, batch: &Batch, ws: &'w mut Workspace) -> Result<&'w
     Ok(&ws.x[..dm.n * dm.h])
 }
 
-/// Training forward pass with dropout masks from `rng` (drawn in the order of
-/// [`BertModel::forward`]: embeddings, then per layer attention probabilities, attention output,
-/// feed-forward output); the tape holds the token states and what [`backward`] needs.
-pub fn forward_train(p: &Params, batch: &Batch, rng: &mut dyn DropoutRng) -> Result<Tape, String> {
+/// Training forward pass into `tape` (its buffers reused), with dropout masks from `rng` (drawn
+/// in the order of [`BertModel::forward`]: embeddings, then per layer attention probabilities,
+/// attention output, feed-forward output); the tape holds the token states and what
+/// [`backward`] needs.
+pub fn forward_train(
+    p: &Params,
+    batch: &Batch,
+    rng: &mut dyn DropoutRng,
+    tape: &mut Tape,
+) -> Result<(), String> {
     check_batch(p, batch)?;
     let dm = Dims::new(p.cfg, batch);
+    let layers = p.cfg.num_hidden_layers;
+    tape.dims = dm;
+    tape.ids.clone_from(&batch.ids);
+    tape.type_ids.clone_from(&batch.type_ids);
+    tape.lens.clone_from(&batch.lens);
     let bias = mask_bias(batch);
-    let mut z0 = vec![0f32; dm.n * dm.h];
-    embed_sum(p, batch, dm, &mut z0);
-    let mut x = vec![0f32; dm.n * dm.h];
-    layer_norm_rows(&z0, p.t[3], p.t[4], dm.eps, &mut x);
+    embed_sum(p, batch, dm, sized(&mut tape.z0, dm.n * dm.h));
+    tape.xs.resize_with(layers + 1, Vec::new);
+    tape.layers.resize_with(layers, LayerActs::default);
+    let x = sized(&mut tape.xs[0], dm.n * dm.h);
+    layer_norm_rows(&tape.z0, p.t[3], p.t[4], dm.eps, x);
     let p_hidden = p.cfg.hidden_dropout_prob as f32;
-    let mask0 = (p_hidden > 0.0).then(|| rng.mask(dm.n * dm.h, p_hidden));
-    if let Some(m) = &mask0 {
-        apply_mask(&mut x, m);
+    if p_hidden > 0.0 {
+        let m = sized(tape.mask0.get_or_insert_with(Vec::new), dm.n * dm.h);
+        rng.fill(m, p_hidden);
+        apply_mask(x, m);
+    } else {
+        tape.mask0 = None;
     }
-    let mut xs = vec![x];
-    let mut layers = Vec::with_capacity(p.cfg.num_hidden_layers);
-    for l in 0..p.cfg.num_hidden_layers {
-        let mut acts = LayerActs::default();
-        let mut out = vec![0f32; dm.n * dm.h];
-        layer_forward(
-            p,
-            l,
-            dm,
-            &bias,
-            &xs[l],
-            &mut acts,
-            Some(&mut *rng),
-            &mut out,
-        );
-        acts.scratch = Vec::new();
-        layers.push(acts);
-        xs.push(out);
+    for l in 0..layers {
+        let (done, rest) = tape.xs.split_at_mut(l + 1);
+        let out = sized(&mut rest[0], dm.n * dm.h);
+        let acts = &mut tape.layers[l];
+        layer_forward(p, l, dm, &bias, &done[l], acts, Some(&mut *rng), out);
     }
-    Ok(Tape {
-        dims: dm,
-        ids: batch.ids.clone(),
-        type_ids: batch.type_ids.clone(),
-        lens: batch.lens.clone(),
-        z0,
-        mask0,
-        xs,
-        layers,
-    })
+    Ok(())
 }
 
 /// Pools token states (b, s, h) into (b, h) over each row's real tokens, as
@@ -643,9 +657,9 @@ pub fn pool(states: &[f32], lens: &[usize], seq: usize, h: usize, pooling: Pooli
 }
 
 /// d(token states) from d(pooled) (b, h): the pooling's backward pass.
-fn pool_backward(tape: &Tape, d_pooled: &[f32], pooling: Pooling) -> Vec<f32> {
+fn pool_backward(tape: &Tape, d_pooled: &[f32], pooling: Pooling, d: &mut [f32]) {
     let Dims { s, h, .. } = tape.dims;
-    let mut d = vec![0f32; tape.dims.n * h];
+    d.fill(0.0);
     let states = tape.states();
     for (row, ((g, &len), dst)) in d_pooled
         .chunks(h)
@@ -681,7 +695,6 @@ fn pool_backward(tape: &Tape, d_pooled: &[f32], pooling: Pooling) -> Vec<f32> {
             }
         }
     }
-    d
 }
 
 /// Gradients of every weight, in the order of [`BertModel::tensors`]; summed over backward passes
@@ -818,92 +831,96 @@ fn attend_sequence_backward(
     }
 }
 
-/// The backward pass of one layer: from d(output) `dy` (n, h) to d(input), written into `dx`;
-/// the layer's weight gradients are added to `g`.
-#[allow(clippy::too_many_arguments)]
+/// The backward pass of one layer: from d(output) `sc.dy` (n, h) to d(input) in `sc.dx`; the
+/// layer's weight gradients are added to `g`.
 fn layer_backward(
     p: &Params,
     l: usize,
     dm: Dims,
     x: &[f32],
     acts: &LayerActs,
-    dy: &[f32],
     g: &mut [Vec<f32>],
-    dx: &mut Vec<f32>,
+    sc: &mut BackwardScratch,
 ) {
     let (n, h) = (dm.n, dm.h);
     let w = |j| p.layer(l, j);
     // Feed-forward block: layer norm, dropout, dense, activation, dense.
-    let mut dz2 = vec![0f32; n * h];
+    let dz2 = sized(&mut sc.dz, n * h);
     let (gw, gb) = two(g, ix::LN2_W, ix::LN2_B);
-    layer_norm_grad_rows(&acts.z2, w(ix::LN2_W), dy, dm.eps, &mut dz2, gw, gb);
-    let mut d_out = dz2.clone();
+    layer_norm_grad_rows(&acts.z2, w(ix::LN2_W), &sc.dy, dm.eps, dz2, gw, gb);
+    let d_out = sized(&mut sc.d_out, n * h);
+    d_out.copy_from_slice(dz2);
     if let Some(m) = &acts.mask2 {
-        apply_mask(&mut d_out, m);
+        apply_mask(d_out, m);
     }
-    let mut d_act = vec![0f32; n * dm.i];
+    let d_act = sized(&mut sc.d_act, n * dm.i);
     let (gw, gb) = two(g, ix::OUT_W, ix::OUT_B);
     dense_backward(
         &acts.act,
         w(ix::OUT_W),
-        &d_out,
+        d_out,
         n,
         gw,
         gb,
-        Some(&mut d_act),
+        Some(d_act),
         false,
     );
-    activation_backward(p.cfg.hidden_act, &acts.pre, &mut d_act);
-    // d(y1) = the residual's dz2 + the feed-forward input's gradient.
-    let mut dy1 = dz2;
+    activation_backward(p.cfg.hidden_act, &acts.pre, d_act);
+    // d(y1) = the residual's dz2 + the feed-forward input's gradient (into dz2's buffer).
     let (gw, gb) = two(g, ix::I_W, ix::I_B);
     dense_backward(
         &acts.y1,
         w(ix::I_W),
-        &d_act,
+        d_act,
         n,
         gw,
         gb,
-        Some(&mut dy1),
+        Some(&mut *dz2),
         true,
     );
-    drop(d_act);
+    let dy1 = &sc.dz;
     // Attention output: layer norm, dropout, dense.
-    let mut dz1 = d_out; // reuse the (n, h) buffer
+    let dz1 = sized(&mut sc.dx, n * h);
     let (gw, gb) = two(g, ix::LN1_W, ix::LN1_B);
-    layer_norm_grad_rows(&acts.z1, w(ix::LN1_W), &dy1, dm.eps, &mut dz1, gw, gb);
-    let mut d_attn = dy1; // reuse
-    d_attn.copy_from_slice(&dz1);
+    layer_norm_grad_rows(&acts.z1, w(ix::LN1_W), dy1, dm.eps, dz1, gw, gb);
+    let d_attn = sized(&mut sc.d_out, n * h);
+    d_attn.copy_from_slice(dz1);
     if let Some(m) = &acts.mask1 {
-        apply_mask(&mut d_attn, m);
+        apply_mask(d_attn, m);
     }
-    let mut dctx = vec![0f32; n * h];
+    let dctx = sized(&mut sc.dctx, n * h);
     let (gw, gb) = two(g, ix::O_W, ix::O_B);
     dense_backward(
         &acts.ctx,
         w(ix::O_W),
-        &d_attn,
+        d_attn,
         n,
         gw,
         gb,
-        Some(&mut dctx),
+        Some(&mut *dctx),
         false,
     );
     // Attention, one sequence per work item.
-    let (mut dq, mut dk, mut dv) = (vec![0f32; n * h], vec![0f32; n * h], d_attn);
+    let (dq, dk, dv) = (
+        sized(&mut sc.dq, n * h),
+        sized(&mut sc.dk, n * h),
+        sized(&mut sc.dv, n * h),
+    );
     let seq_len = dm.s * h;
+    let dctx = &sc.dctx;
     dq.par_chunks_mut(seq_len)
         .zip(dk.par_chunks_mut(seq_len).zip(dv.par_chunks_mut(seq_len)))
         .enumerate()
         .for_each(|(seq, (dq, (dk, dv)))| {
-            attend_sequence_backward(dm, seq, acts, &dctx, dq, dk, dv)
+            attend_sequence_backward(dm, seq, acts, dctx, dq, dk, dv)
         });
-    // Projections: d(input) = the residual's dz1 + the three projections' input gradients.
-    *dx = dz1;
+    // Projections: d(input) = the residual's dz1 (already in dx) + the three projections'
+    // input gradients.
+    let dx = &mut sc.dx;
     for (wi, bi, d) in [
-        (ix::Q_W, ix::Q_B, &dq),
-        (ix::K_W, ix::K_B, &dk),
-        (ix::V_W, ix::V_B, &dv),
+        (ix::Q_W, ix::Q_B, &sc.dq),
+        (ix::K_W, ix::K_B, &sc.dk),
+        (ix::V_W, ix::V_B, &sc.dv),
     ] {
         let (gw, gb) = two(g, wi, bi);
         dense_backward(x, w(wi), d, n, gw, gb, Some(dx), true);
@@ -919,10 +936,16 @@ fn two(g: &mut [Vec<f32>], a: usize, b: usize) -> (&mut [f32], &mut [f32]) {
 
 /// The backward pass of a training forward pass, from d(pooled) (b, h): every weight's gradient
 /// is added to `grads`.
-pub fn backward(p: &Params, tape: &Tape, d_pooled: &[f32], pooling: Pooling, grads: &mut Grads) {
+pub fn backward(
+    p: &Params,
+    tape: &mut Tape,
+    d_pooled: &[f32],
+    pooling: Pooling,
+    grads: &mut Grads,
+) {
     let dm = tape.dims;
-    let mut dy = pool_backward(tape, d_pooled, pooling);
-    let mut dx = Vec::new();
+    let mut sc = std::mem::take(&mut tape.scratch);
+    pool_backward(tape, d_pooled, pooling, sized(&mut sc.dy, dm.n * dm.h));
     for l in (0..tape.layers.len()).rev() {
         layer_backward(
             p,
@@ -930,22 +953,20 @@ pub fn backward(p: &Params, tape: &Tape, d_pooled: &[f32], pooling: Pooling, gra
             dm,
             &tape.xs[l],
             &tape.layers[l],
-            &dy,
             grads.layer(l),
-            &mut dx,
+            &mut sc,
         );
-        std::mem::swap(&mut dy, &mut dx);
+        std::mem::swap(&mut sc.dy, &mut sc.dx);
     }
     // Embeddings: dropout, layer norm, then the three tables.
+    let dy = &mut sc.dy;
     if let Some(m) = &tape.mask0 {
-        apply_mask(&mut dy, m);
+        apply_mask(dy, m);
     }
-    let mut dz0 = vec![0f32; dm.n * dm.h];
+    let dz0 = sized(&mut sc.dz, dm.n * dm.h);
     {
         let (lo, hi) = grads.t.split_at_mut(4);
-        layer_norm_grad_rows(
-            &tape.z0, p.t[3], &dy, dm.eps, &mut dz0, &mut lo[3], &mut hi[0],
-        );
+        layer_norm_grad_rows(&tape.z0, p.t[3], dy, dm.eps, dz0, &mut lo[3], &mut hi[0]);
     }
     let h = dm.h;
     let (word, rest) = grads.t.split_at_mut(1);
@@ -961,6 +982,7 @@ pub fn backward(p: &Params, tape: &Tape, d_pooled: &[f32], pooling: Pooling, gra
                 .for_each(|(d, &v)| *d += v);
         }
     }
+    tape.scratch = sc;
 }
 
 #[cfg(test)]
@@ -975,16 +997,14 @@ mod tests {
     /// Seeded dropout masks: two with one seed give the same masks in the same order.
     struct TestDrop(rand::rngs::StdRng);
     impl DropoutRng for TestDrop {
-        fn mask(&mut self, n: usize, p: f32) -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    if self.0.random::<f32>() < p {
-                        0.0
-                    } else {
-                        1.0 / (1.0 - p)
-                    }
-                })
-                .collect()
+        fn fill(&mut self, out: &mut [f32], p: f32) {
+            for o in out {
+                *o = if self.0.random::<f32>() < p {
+                    0.0
+                } else {
+                    1.0 / (1.0 - p)
+                };
+            }
         }
     }
 
@@ -1114,8 +1134,17 @@ mod tests {
             let mut ours = Grads::new(&model);
             let up = up.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let pooled = with_params(&model, |p| {
-                let tape = forward_train(p, &batch, &mut drop).unwrap();
-                backward(p, &tape, &up, pooling, &mut ours);
+                let mut tape = Tape::default();
+                // Twice into one tape: the second pass reuses the first one's buffers.
+                forward_train(
+                    p,
+                    &batch,
+                    &mut TestDrop(rand::rngs::StdRng::seed_from_u64(1)),
+                    &mut tape,
+                )
+                .unwrap();
+                forward_train(p, &batch, &mut drop, &mut tape).unwrap();
+                backward(p, &mut tape, &up, pooling, &mut ours);
                 tape.pooled(pooling)
             })
             .unwrap();

@@ -238,7 +238,7 @@ struct SeededDropout(rand::rngs::SmallRng);
 impl DropoutRng for SeededDropout {
     /// Blocks of the mask are drawn in parallel, each from a generator seeded by one draw of
     /// this one and the block's index: the same masks on any number of threads.
-    fn mask(&mut self, n: usize, p: f32) -> Vec<f32> {
+    fn fill(&mut self, out: &mut [f32], p: f32) {
         use rand::RngCore;
         use rayon::prelude::*;
         const BLOCK: usize = 1 << 16;
@@ -246,7 +246,6 @@ impl DropoutRng for SeededDropout {
         // Two 32-bit draws per 64-bit word; drop when the draw is below p * 2^32.
         let threshold = (p as f64 * 4294967296.0) as u64;
         let seed = self.0.next_u64();
-        let mut out = vec![0f32; n];
         out.par_chunks_mut(BLOCK)
             .enumerate()
             .for_each(|(i, block)| {
@@ -260,7 +259,6 @@ impl DropoutRng for SeededDropout {
                     }
                 }
             });
-        out
     }
 }
 
@@ -465,17 +463,16 @@ fn forward_backward(
     batch: &Batch,
     cfg: &TrainConfig,
     rng: &mut dyn DropoutRng,
+    tapes: &mut [engine::Tape; 2],
     grads: &mut engine::Grads,
 ) -> Result<StepResult, TrainError> {
     let start = Instant::now();
     let inputs = batch_inputs(enc, batch)?;
     let h = model.config.hidden_size;
     engine::with_params(model, |p| {
-        let tapes = inputs
-            .iter()
-            .map(|b| engine::forward_train(p, b, rng))
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(candle_core::Error::Msg)?;
+        for (b, tape) in inputs.iter().zip(tapes.iter_mut()) {
+            engine::forward_train(p, b, rng, tape).map_err(candle_core::Error::Msg)?;
+        }
         let pooled = tapes
             .iter()
             .map(|t| {
@@ -499,7 +496,7 @@ fn forward_backward(
         let forward_secs = start.elapsed().as_secs_f64();
         if value.is_finite() {
             let g = loss.backward()?;
-            for (tape, var) in tapes.iter().zip(&pooled).rev() {
+            for (tape, var) in tapes.iter_mut().zip(&pooled).rev() {
                 let d = match g.get(var.as_tensor()) {
                     Some(d) => d.flatten_all()?.to_vec1::<f32>()?,
                     None => continue,
@@ -659,6 +656,7 @@ pub fn train(
     let model = weights.model()?;
     let vars = weights.vars_in_model_order(&model)?;
     let mut grads = engine::Grads::new(&model);
+    let mut tapes = [engine::Tape::default(), engine::Tape::default()];
     let params = optim::AdamWParams {
         lr: cfg.lr,
         beta1: 0.9,
@@ -681,7 +679,15 @@ pub fn train(
         let lr = linear_lr(i, total_steps, warmup_steps, cfg.lr);
         opt.set_learning_rate(lr);
         grads.zero();
-        let result = forward_backward(&model, &train_enc, batch, cfg, &mut dropout, &mut grads)?;
+        let result = forward_backward(
+            &model,
+            &train_enc,
+            batch,
+            cfg,
+            &mut dropout,
+            &mut tapes,
+            &mut grads,
+        )?;
         if !result.loss.is_finite() {
             stop = StopReason::NonFiniteLoss { step: i + 1 };
             break;
