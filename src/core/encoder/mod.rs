@@ -379,13 +379,7 @@ impl Encoder {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let states = engine::infer(p, &batch, &mut ws)?;
-            Ok::<_, String>(engine::pool(
-                states,
-                &batch.lens,
-                batch.seq,
-                h,
-                self.pooling,
-            ))
+            Ok::<_, String>(engine::pool(states, &batch.lens, h, self.pooling))
         })?
         .map_err(candle_core::Error::Msg)?;
         self.forward_batches.fetch_add(1, Ordering::Relaxed);
@@ -427,25 +421,19 @@ impl Encoder {
         })
     }
 
-    /// Right-pads a batch to its longest row.
+    /// A batch of tokenized texts for the engine (packed, no padding).
     fn batch(&self, rows: &[&Tokenized]) -> engine::Batch {
-        let seq = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
-        let mut ids = vec![self.pad_id; rows.len() * seq];
-        let mut type_ids = vec![0u32; rows.len() * seq];
-        for (r, row) in rows.iter().enumerate() {
-            let base = r * seq;
-            ids[base..base + row.ids.len()].copy_from_slice(&row.ids);
-            type_ids[base..base + row.type_ids.len()].copy_from_slice(&row.type_ids);
-        }
         engine::Batch {
-            ids,
-            type_ids,
+            ids: rows.iter().flat_map(|r| r.ids.iter().copied()).collect(),
+            type_ids: rows
+                .iter()
+                .flat_map(|r| r.type_ids.iter().copied())
+                .collect(),
             lens: rows.iter().map(|r| r.ids.len()).collect(),
-            seq,
         }
     }
 
-    /// Tokenized and right-padded texts with the role's prompt, for the training engine.
+    /// Tokenized texts with the role's prompt, for the training engine.
     pub fn prepare(&self, texts: &[&str], role: Role) -> Result<engine::Batch, EncodeError> {
         let emit = |_: crate::core::jobs::Update<()>| {};
         let ctx = JobCtx::new(crate::core::jobs::CancelToken::new(), &emit);
@@ -453,19 +441,15 @@ impl Encoder {
         Ok(self.batch(&tokenized.iter().collect::<Vec<_>>()))
     }
 
-    /// A batch as tensors: ids, type ids, attention mask, each (b, s) u32.
+    /// A batch right-padded as tensors: ids, type ids, attention mask, each (b, s) u32.
     fn pad(&self, rows: &[&Tokenized]) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-        let batch = self.batch(rows);
-        let (b_sz, seq_len) = (rows.len(), batch.seq);
-        let mut mask = vec![0u32; b_sz * seq_len];
-        for (row, &len) in mask.chunks_mut(seq_len.max(1)).zip(&batch.lens) {
-            row[..len].fill(1);
-        }
+        let (ids, types, mask, seq) = self.batch(rows).padded(self.pad_id);
         let dev = Device::Cpu;
+        let shape = (rows.len(), seq);
         Ok((
-            Tensor::from_vec(batch.ids, (b_sz, seq_len), &dev)?,
-            Tensor::from_vec(batch.type_ids, (b_sz, seq_len), &dev)?,
-            Tensor::from_vec(mask, (b_sz, seq_len), &dev)?,
+            Tensor::from_vec(ids, shape, &dev)?,
+            Tensor::from_vec(types, shape, &dev)?,
+            Tensor::from_vec(mask, shape, &dev)?,
         ))
     }
 }

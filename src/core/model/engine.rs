@@ -19,8 +19,8 @@ use super::blas::{sgemm, sgemm_add, sgemm_strided};
 use super::config::{BertConfig, HiddenAct};
 use super::folder::Pooling;
 use super::kernels::{
-    gelu, gelu_derivative, layer_norm_grad_rows, layer_norm_rows, simd, softmax_grad_row,
-    softmax_row, CHUNK,
+    exp_shifted_sum, gelu, gelu_derivative, layer_norm_grad_rows, layer_norm_rows, simd,
+    softmax_grad_row, CHUNK,
 };
 
 /// Index of a layer's tensors in [`Params`], in the order of [`BertModel::tensors`].
@@ -80,29 +80,71 @@ pub fn with_params<R>(model: &BertModel, f: impl FnOnce(&Params) -> R) -> candle
     }))
 }
 
-/// A right-padded batch of token ids.
+/// A batch of tokenized texts packed back to back, without padding: the dense layers only
+/// compute real tokens, and attention runs over each text's own length.
 pub struct Batch {
-    /// Token ids, (b, s) row-major.
+    /// Token ids of all rows, one row after the other.
     pub ids: Vec<u32>,
-    /// Token type ids, (b, s).
+    /// Token type ids, as `ids`.
     pub type_ids: Vec<u32>,
-    /// Tokens of each row before padding.
+    /// Tokens of each row.
     pub lens: Vec<usize>,
-    /// Padded length.
-    pub seq: usize,
 }
 
 impl Batch {
     fn rows(&self) -> usize {
         self.lens.len()
     }
+
+    /// The batch right-padded to its longest row: ids, type ids, attention mask (each (b, s)
+    /// row-major) and s, for the candle model.
+    pub fn padded(&self, pad_id: u32) -> (Vec<u32>, Vec<u32>, Vec<u32>, usize) {
+        let seq = self.lens.iter().copied().max().unwrap_or(0);
+        let b = self.rows();
+        let (mut ids, mut types, mut mask) = (
+            vec![pad_id; b * seq],
+            vec![0u32; b * seq],
+            vec![0u32; b * seq],
+        );
+        for (row, (start, len)) in starts(&self.lens).zip(&self.lens).enumerate() {
+            let at = row * seq;
+            ids[at..at + len].copy_from_slice(&self.ids[start..start + len]);
+            types[at..at + len].copy_from_slice(&self.type_ids[start..start + len]);
+            mask[at..at + len].fill(1);
+        }
+        (ids, types, mask, seq)
+    }
+}
+
+/// The first token of each row.
+fn starts(lens: &[usize]) -> impl Iterator<Item = usize> + '_ {
+    lens.iter().scan(0, |at, &len| {
+        let start = *at;
+        *at += len;
+        Some(start)
+    })
+}
+
+/// Each row's tokens' pieces of a (n, width) buffer, resized to fit.
+fn row_pieces<'a>(buf: &'a mut Vec<f32>, lens: &[usize], width: usize) -> Vec<&'a mut [f32]> {
+    let n: usize = lens.iter().sum();
+    split_mut(sized(buf, n * width), lens.iter().map(|l| l * width))
+}
+
+/// Consecutive mutable pieces of `buf` with the given lengths.
+fn split_mut(mut buf: &mut [f32], sizes: impl Iterator<Item = usize>) -> Vec<&mut [f32]> {
+    let mut out = Vec::new();
+    for n in sizes {
+        let (piece, rest) = std::mem::take(&mut buf).split_at_mut(n);
+        out.push(piece);
+        buf = rest;
+    }
+    out
 }
 
 #[derive(Clone, Copy, Default)]
 struct Dims {
-    b: usize,
-    s: usize,
-    /// Tokens: b * s.
+    /// Tokens of the whole batch.
     n: usize,
     h: usize,
     heads: usize,
@@ -117,9 +159,7 @@ impl Dims {
     fn new(cfg: &BertConfig, batch: &Batch) -> Self {
         let h = cfg.hidden_size;
         Self {
-            b: batch.rows(),
-            s: batch.seq,
-            n: batch.rows() * batch.seq,
+            n: batch.lens.iter().sum(),
             h,
             heads: cfg.num_attention_heads,
             d: h / cfg.num_attention_heads,
@@ -259,24 +299,14 @@ fn gelu_tanh(x: f32) -> (f32, f32) {
     (y, dy)
 }
 
-/// 0 on real tokens, a large negative number on padding, per (row, position).
-fn mask_bias(batch: &Batch) -> Vec<f32> {
-    let s = batch.seq;
-    let mut m = vec![0f32; batch.rows() * s];
-    for (row, &len) in m.chunks_mut(s.max(1)).zip(&batch.lens) {
-        row[len.min(s)..].fill(-1e9);
-    }
-    m
-}
-
 /// What one layer keeps for its backward pass (training), or its scratch (inference).
 #[derive(Default)]
 struct LayerActs {
-    /// Query, key and value projections, (n, h) each.
+    /// Query, key and value projections, (n, h) each; in inference `q` holds all three, (n, 3h).
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
-    /// Attention probabilities before dropout, (b, heads, s, s); training only.
+    /// Attention probabilities before dropout, (heads, len, len) per row; training only.
     probs: Vec<f32>,
     /// Their dropout keep-mask.
     probs_mask: Option<Vec<f32>>,
@@ -303,59 +333,85 @@ pub struct Workspace {
     x: Vec<f32>,
     y: Vec<f32>,
     acts: LayerActs,
+    /// One layer's query, key and value weights and biases stacked, for one product.
+    qkv_w: Vec<f32>,
+    qkv_b: Vec<f32>,
 }
 
-/// One sequence's attention: for every head, softmax(scale · Q Kᵀ + mask) (dropped out in
-/// training) times V, written into the sequence's rows of `ctx`. `probs` (training) keeps each
-/// head's probabilities; in inference the scores live in a per-call buffer that stays in cache.
-#[allow(clippy::too_many_arguments)]
+/// The query, key and value rows of one sequence: row `t` of head `j`'s query is at
+/// `q[t * ld + j * d..]`.
+#[derive(Clone, Copy)]
+struct Qkv<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    ld: usize,
+}
+
+impl<'a> Qkv<'a> {
+    /// Rows from `start` on; `stride` is the distance between the three parts' columns in a
+    /// fused buffer (0 when they are separate buffers `k` and `v`).
+    fn from(q: &'a [f32], k: &'a [f32], v: &'a [f32], ld: usize, start: usize) -> Self {
+        Self {
+            q: &q[start * ld..],
+            k: &k[start * ld..],
+            v: &v[start * ld..],
+            ld,
+        }
+    }
+}
+
+/// One sequence's attention: for every head, softmax(scale · Q Kᵀ) (dropped out in training)
+/// times V, written into the sequence's rows of `ctx` (len, h). `probs` (training) keeps each
+/// head's probabilities (heads, len, len). Inference keeps one head's scores in a buffer that
+/// stays in cache, and divides by the softmax's sums after the product (len · d divisions
+/// instead of len²).
 fn attend_sequence(
     dm: Dims,
-    seq: usize,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    bias: &[f32],
+    len: usize,
+    x: Qkv,
     ctx: &mut [f32],
     probs: Option<&mut [f32]>,
     keep: Option<&[f32]>,
 ) {
-    let (s, h, d) = (dm.s, dm.h, dm.d);
+    let (h, d, ld) = (dm.h, dm.d, x.ld);
     let scale = 1.0 / (d as f32).sqrt();
-    let base = seq * s * h;
-    let bias = &bias[seq * s..(seq + 1) * s];
-    // In inference one head's scores at a time, in a buffer that stays in cache.
-    let mut local = Vec::new();
-    let mut dropped = Vec::new();
+    let train = probs.is_some();
     let mut probs = probs;
+    let (mut local, mut dropped) = (Vec::new(), Vec::new());
+    let mut inv_sums = vec![0f32; len];
     for head in 0..dm.heads {
-        let off = base + head * d;
+        let off = head * d;
         let p = match probs.as_deref_mut() {
-            Some(all) => &mut all[head * s * s..(head + 1) * s * s],
-            None => sized(&mut local, s * s),
+            Some(all) => &mut all[head * len * len..(head + 1) * len * len],
+            None => sized(&mut local, len * len),
         };
         sgemm_strided(
             false,
             true,
-            s,
-            s,
+            len,
+            len,
             d,
-            &q[off..],
-            h,
-            &k[off..],
-            h,
+            &x.q[off..],
+            ld,
+            &x.k[off..],
+            ld,
             p,
-            s,
+            len,
             false,
         );
         simd(|| {
-            p.chunks_mut(s)
-                .for_each(|row| softmax_row(row, bias, scale))
+            for (row, inv) in p.chunks_mut(len).zip(inv_sums.iter_mut()) {
+                *inv = 1.0 / exp_shifted_sum(row, scale);
+                if train {
+                    row.iter_mut().for_each(|v| *v *= *inv);
+                }
+            }
         });
         let p: &[f32] = match keep {
             Some(keep) => {
-                let keep = &keep[(seq * dm.heads + head) * s * s..][..s * s];
-                let pd = sized(&mut dropped, s * s);
+                let keep = &keep[head * len * len..(head + 1) * len * len];
+                let pd = sized(&mut dropped, len * len);
                 pd.iter_mut()
                     .zip(p.iter().zip(keep))
                     .for_each(|(o, (&p, &m))| *o = p * m);
@@ -366,17 +422,22 @@ fn attend_sequence(
         sgemm_strided(
             false,
             false,
-            s,
+            len,
             d,
-            s,
+            len,
             p,
-            s,
-            &v[off..],
-            h,
-            &mut ctx[head * d..],
+            len,
+            &x.v[off..],
+            ld,
+            &mut ctx[off..],
             h,
             false,
         );
+        if !train {
+            for (row, &inv) in ctx.chunks_mut(h).zip(&inv_sums) {
+                row[off..off + d].iter_mut().for_each(|v| *v *= inv);
+            }
+        }
     }
 }
 
@@ -389,6 +450,8 @@ pub struct Tape {
     ids: Vec<u32>,
     type_ids: Vec<u32>,
     lens: Vec<usize>,
+    /// Each token's position in its row.
+    positions: Vec<u32>,
     /// The embeddings' sum before their layer norm, and the dropout mask after it.
     z0: Vec<f32>,
     mask0: Option<Vec<f32>>,
@@ -421,42 +484,49 @@ impl Tape {
 
     /// The pooled vectors (b, h).
     pub fn pooled(&self, pooling: Pooling) -> Vec<f32> {
-        pool(self.states(), &self.lens, self.dims.s, self.dims.h, pooling)
+        pool(self.states(), &self.lens, self.dims.h, pooling)
     }
 }
 
+/// Each token's position in its row.
+fn positions(lens: &[usize]) -> Vec<u32> {
+    lens.iter().flat_map(|&len| 0..len as u32).collect()
+}
+
 /// Word + position + token-type embeddings of every token, (n, h).
-fn embed_sum(p: &Params, batch: &Batch, dm: Dims, out: &mut [f32]) {
+fn embed_sum(p: &Params, batch: &Batch, positions: &[u32], h: usize, out: &mut [f32]) {
     let (word, pos, types) = (p.t[0], p.t[1], p.t[2]);
-    let h = dm.h;
-    out.par_chunks_mut(dm.s * h)
-        .enumerate()
-        .for_each(|(row, o)| {
-            for (t, o) in o.chunks_mut(h).enumerate() {
-                let at = row * dm.s + t;
-                let (id, ty) = (batch.ids[at] as usize, batch.type_ids[at] as usize);
-                let (w, ps, ty) = (
-                    &word[id * h..(id + 1) * h],
-                    &pos[t * h..(t + 1) * h],
-                    &types[ty * h..(ty + 1) * h],
-                );
-                for j in 0..h {
-                    o[j] = w[j] + ty[j] + ps[j];
-                }
-            }
-        });
+    out.par_chunks_mut(h).enumerate().for_each(|(at, o)| {
+        let (id, ty, t) = (
+            batch.ids[at] as usize,
+            batch.type_ids[at] as usize,
+            positions[at] as usize,
+        );
+        let (w, ps, ty) = (
+            &word[id * h..(id + 1) * h],
+            &pos[t * h..(t + 1) * h],
+            &types[ty * h..(ty + 1) * h],
+        );
+        for j in 0..h {
+            o[j] = w[j] + ty[j] + ps[j];
+        }
+    });
 }
 
 /// Checks ids against the embedding tables before any indexing.
 fn check_batch(p: &Params, batch: &Batch) -> Result<(), String> {
     let cfg = p.cfg;
-    if batch.seq > cfg.max_position_embeddings {
+    if let Some(&len) = batch
+        .lens
+        .iter()
+        .find(|&&l| l > cfg.max_position_embeddings)
+    {
         return Err(format!(
-            "{} tokens exceed the model's {} positions",
-            batch.seq, cfg.max_position_embeddings
+            "{len} tokens exceed the model's {} positions",
+            cfg.max_position_embeddings
         ));
     }
-    let n = batch.rows() * batch.seq;
+    let n: usize = batch.lens.iter().sum();
     if batch.ids.len() != n || batch.type_ids.len() != n {
         return Err("token ids do not match the batch shape".into());
     }
@@ -476,48 +546,91 @@ fn check_batch(p: &Params, batch: &Batch) -> Result<(), String> {
     Ok(())
 }
 
-/// One layer forward from `x` into `out`. With `rng`, dropout is applied and `acts` keeps what
-/// the backward pass needs; without, `acts` is scratch.
+/// Where a layer's activations go: the tape (training, with a dropout source) or scratch with
+/// buffers for the stacked query/key/value weights (inference).
+enum Run<'a> {
+    Train(&'a mut dyn DropoutRng),
+    Infer {
+        qkv_w: &'a mut Vec<f32>,
+        qkv_b: &'a mut Vec<f32>,
+    },
+}
+
+/// One layer forward from `x` into `out`. In training, dropout is applied and `acts` keeps what
+/// the backward pass needs; in inference `acts` is scratch.
 #[allow(clippy::too_many_arguments)]
 fn layer_forward(
     p: &Params,
     l: usize,
     dm: Dims,
-    bias: &[f32],
+    lens: &[usize],
     x: &[f32],
     acts: &mut LayerActs,
-    mut rng: Option<&mut dyn DropoutRng>,
+    mut run: Run,
     out: &mut [f32],
 ) {
     let (n, h) = (dm.n, dm.h);
     let w = |j| p.layer(l, j);
     let hidden_p = p.cfg.hidden_dropout_prob as f32;
     let attn_p = p.cfg.attention_probs_dropout_prob as f32;
-    let train = rng.is_some();
+    let train = matches!(run, Run::Train(_));
+    let (q, k, v, ld) = if train {
+        // Three products: the backward pass needs each projection's gradient on its own.
+        dense(x, w(ix::Q_W), w(ix::Q_B), n, sized(&mut acts.q, n * h));
+        dense(x, w(ix::K_W), w(ix::K_B), n, sized(&mut acts.k, n * h));
+        dense(x, w(ix::V_W), w(ix::V_B), n, sized(&mut acts.v, n * h));
+        (&acts.q[..], &acts.k[..], &acts.v[..], h)
+    } else {
+        // One product with the three weights stacked: the input is packed once, not thrice.
+        let Run::Infer { qkv_w, qkv_b } = &mut run else {
+            unreachable!("not training")
+        };
+        qkv_w.clear();
+        qkv_b.clear();
+        for (wi, bi) in [(ix::Q_W, ix::Q_B), (ix::K_W, ix::K_B), (ix::V_W, ix::V_B)] {
+            qkv_w.extend_from_slice(w(wi));
+            qkv_b.extend_from_slice(w(bi));
+        }
+        let qkv = sized(&mut acts.q, n * 3 * h);
+        dense(x, qkv_w, qkv_b, n, qkv);
+        (&acts.q[..], &acts.q[h..], &acts.q[2 * h..], 3 * h)
+    };
     // Keep-masks go into the tape's buffers of the previous step.
-    let mut draw = |buf: &mut Option<Vec<f32>>, len: usize, prob: f32| match rng.as_deref_mut() {
-        Some(r) if prob > 0.0 => r.fill(sized(buf.get_or_insert_with(Vec::new), len), prob),
+    let mut draw = |buf: &mut Option<Vec<f32>>, len: usize, prob: f32| match &mut run {
+        Run::Train(r) if prob > 0.0 => r.fill(sized(buf.get_or_insert_with(Vec::new), len), prob),
         _ => *buf = None,
     };
-    dense(x, w(ix::Q_W), w(ix::Q_B), n, sized(&mut acts.q, n * h));
-    dense(x, w(ix::K_W), w(ix::K_B), n, sized(&mut acts.k, n * h));
-    dense(x, w(ix::V_W), w(ix::V_B), n, sized(&mut acts.v, n * h));
-    draw(&mut acts.probs_mask, dm.b * dm.heads * dm.s * dm.s, attn_p);
-    let (q, k, v) = (&acts.q, &acts.k, &acts.v);
-    let keep = acts.probs_mask.as_deref();
-    let ctx = sized(&mut acts.ctx, n * h);
-    let seq_len = dm.s * h;
+    let probs_len: usize = lens.iter().map(|l| dm.heads * l * l).sum();
     if train {
-        let probs = sized(&mut acts.probs, dm.b * dm.heads * dm.s * dm.s);
-        ctx.par_chunks_mut(seq_len)
-            .zip(probs.par_chunks_mut(dm.heads * dm.s * dm.s))
-            .enumerate()
-            .for_each(|(seq, (c, pr))| attend_sequence(dm, seq, q, k, v, bias, c, Some(pr), keep));
-    } else {
-        ctx.par_chunks_mut(seq_len)
-            .enumerate()
-            .for_each(|(seq, c)| attend_sequence(dm, seq, q, k, v, bias, c, None, None));
+        draw(&mut acts.probs_mask, probs_len, attn_p);
     }
+    let keep = acts.probs_mask.as_deref().filter(|_| train);
+    // One sequence per work item: its rows of ctx, its blocks of probabilities and mask.
+    let ctx_rows = row_pieces(&mut acts.ctx, lens, h);
+    let blocks: Vec<usize> =
+        starts(&lens.iter().map(|l| dm.heads * l * l).collect::<Vec<_>>()).collect();
+    let row_starts: Vec<usize> = starts(lens).collect();
+    let probs = if train {
+        split_mut(
+            sized(&mut acts.probs, probs_len),
+            lens.iter().map(|l| dm.heads * l * l),
+        )
+        .into_iter()
+        .map(Some)
+        .collect()
+    } else {
+        (0..lens.len()).map(|_| None).collect::<Vec<_>>()
+    };
+    ctx_rows
+        .into_par_iter()
+        .zip(probs)
+        .enumerate()
+        .for_each(|(row, (c, pr))| {
+            let len = lens[row];
+            let keep = keep.map(|m| &m[blocks[row]..blocks[row] + dm.heads * len * len]);
+            let x = Qkv::from(q, k, v, ld, row_starts[row]);
+            attend_sequence(dm, len, x, c, pr, keep)
+        });
     // Attention output: dense, dropout, residual, layer norm.
     let scratch = sized(&mut acts.scratch, n * h);
     dense(&acts.ctx, w(ix::O_W), w(ix::O_B), n, scratch);
@@ -560,26 +673,27 @@ fn layer_forward(
     layer_norm_rows(z2, w(ix::LN2_W), w(ix::LN2_B), dm.eps, out);
 }
 
-/// Token states (b, s, h) of a batch, inference (no dropout); `ws` keeps the buffers for the
-/// next batch.
+/// Token states (n, h) of a batch, inference (no dropout); `ws` keeps the buffers for the next
+/// batch.
 pub fn infer<'w>(p: &Params, batch: &Batch, ws: &'w mut Workspace) -> Result<&'w [f32], String> {
     check_batch(p, batch)?;
     let dm = Dims::new(p.cfg, batch);
-    let bias = mask_bias(batch);
-    let (x, y) = (&mut ws.x, &mut ws.y);
-    embed_sum(p, batch, dm, sized(y, dm.n * dm.h));
+    let positions = positions(&batch.lens);
+    let Workspace {
+        x,
+        y,
+        acts,
+        qkv_w,
+        qkv_b,
+    } = ws;
+    embed_sum(p, batch, &positions, dm.h, sized(y, dm.n * dm.h));
     layer_norm_rows(y, p.t[3], p.t[4], dm.eps, sized(x, dm.n * dm.h));
     for l in 0..p.cfg.num_hidden_layers {
-        layer_forward(
-            p,
-            l,
-            dm,
-            &bias,
-            x,
-            &mut ws.acts,
-            None,
-            sized(y, dm.n * dm.h),
-        );
+        let run = Run::Infer {
+            qkv_w: &mut *qkv_w,
+            qkv_b: &mut *qkv_b,
+        };
+        layer_forward(p, l, dm, &batch.lens, x, acts, run, sized(y, dm.n * dm.h));
         std::mem::swap(x, y);
     }
     Ok(&ws.x[..dm.n * dm.h])
@@ -602,8 +716,14 @@ pub fn forward_train(
     tape.ids.clone_from(&batch.ids);
     tape.type_ids.clone_from(&batch.type_ids);
     tape.lens.clone_from(&batch.lens);
-    let bias = mask_bias(batch);
-    embed_sum(p, batch, dm, sized(&mut tape.z0, dm.n * dm.h));
+    tape.positions = positions(&batch.lens);
+    embed_sum(
+        p,
+        batch,
+        &tape.positions,
+        dm.h,
+        sized(&mut tape.z0, dm.n * dm.h),
+    );
     tape.xs.resize_with(layers + 1, Vec::new);
     tape.layers.resize_with(layers, LayerActs::default);
     let x = sized(&mut tape.xs[0], dm.n * dm.h);
@@ -620,21 +740,22 @@ pub fn forward_train(
         let (done, rest) = tape.xs.split_at_mut(l + 1);
         let out = sized(&mut rest[0], dm.n * dm.h);
         let acts = &mut tape.layers[l];
-        layer_forward(p, l, dm, &bias, &done[l], acts, Some(&mut *rng), out);
+        let run = Run::Train(&mut *rng);
+        layer_forward(p, l, dm, &tape.lens, &done[l], acts, run, out);
     }
     Ok(())
 }
 
-/// Pools token states (b, s, h) into (b, h) over each row's real tokens, as
-/// sentence-transformers' Pooling module.
-pub fn pool(states: &[f32], lens: &[usize], seq: usize, h: usize, pooling: Pooling) -> Vec<f32> {
+/// Pools token states (n, h) into (rows, h) over each row's tokens, as sentence-transformers'
+/// Pooling module.
+pub fn pool(states: &[f32], lens: &[usize], h: usize, pooling: Pooling) -> Vec<f32> {
     let mut out = vec![0f32; lens.len() * h];
-    for ((o, &len), rows) in out.chunks_mut(h).zip(lens).zip(states.chunks(seq * h)) {
-        let len = len.min(seq);
+    for ((o, &len), start) in out.chunks_mut(h).zip(lens).zip(starts(lens)) {
+        let rows = &states[start * h..(start + len) * h];
         match pooling {
             Pooling::Cls => o.copy_from_slice(&rows[..h]),
             Pooling::Mean | Pooling::MeanSqrtLen => {
-                for t in rows.chunks(h).take(len) {
+                for t in rows.chunks(h) {
                     o.iter_mut().zip(t).for_each(|(o, &v)| *o += v);
                 }
                 let count = (len as f32).max(1e-9);
@@ -647,7 +768,7 @@ pub fn pool(states: &[f32], lens: &[usize], seq: usize, h: usize, pooling: Pooli
             }
             Pooling::Max => {
                 o.fill(f32::NEG_INFINITY);
-                for t in rows.chunks(h).take(len) {
+                for t in rows.chunks(h) {
                     o.iter_mut().zip(t).for_each(|(o, &v)| *o = o.max(v));
                 }
             }
@@ -658,16 +779,11 @@ pub fn pool(states: &[f32], lens: &[usize], seq: usize, h: usize, pooling: Pooli
 
 /// d(token states) from d(pooled) (b, h): the pooling's backward pass.
 fn pool_backward(tape: &Tape, d_pooled: &[f32], pooling: Pooling, d: &mut [f32]) {
-    let Dims { s, h, .. } = tape.dims;
+    let h = tape.dims.h;
     d.fill(0.0);
     let states = tape.states();
-    for (row, ((g, &len), dst)) in d_pooled
-        .chunks(h)
-        .zip(&tape.lens)
-        .zip(d.chunks_mut(s * h))
-        .enumerate()
-    {
-        let len = len.min(s);
+    for ((g, &len), start) in d_pooled.chunks(h).zip(&tape.lens).zip(starts(&tape.lens)) {
+        let dst = &mut d[start * h..(start + len) * h];
         match pooling {
             Pooling::Cls => dst[..h].copy_from_slice(g),
             Pooling::Mean | Pooling::MeanSqrtLen => {
@@ -677,13 +793,13 @@ fn pool_backward(tape: &Tape, d_pooled: &[f32], pooling: Pooling, d: &mut [f32])
                 } else {
                     count.sqrt()
                 };
-                for t in dst.chunks_mut(h).take(len) {
+                for t in dst.chunks_mut(h) {
                     t.iter_mut().zip(g).for_each(|(t, &g)| *t = g / div);
                 }
             }
             Pooling::Max => {
                 // The gradient goes to the first token holding each maximum.
-                let rows = &states[row * s * h..][..len * h];
+                let rows = &states[start * h..(start + len) * h];
                 for j in 0..h {
                     let best = (0..len).max_by(|&a, &b| {
                         rows[a * h + j].total_cmp(&rows[b * h + j]).then(b.cmp(&a))
@@ -729,31 +845,36 @@ impl Grads {
     }
 }
 
-/// One sequence's attention backward pass: from d(ctx) rows, d(q), d(k), d(v) rows of the
-/// sequence (all heads).
+/// One sequence's attention backward pass (all heads): from its d(ctx) rows to its d(q), d(k),
+/// d(v) rows (len, h each). `probs` and `keep` are its blocks (heads, len, len); `at` is its
+/// first token.
 #[allow(clippy::too_many_arguments)]
 fn attend_sequence_backward(
     dm: Dims,
-    seq: usize,
+    len: usize,
+    at: usize,
     acts: &LayerActs,
+    probs: &[f32],
+    keep: Option<&[f32]>,
     dctx: &[f32],
     dq: &mut [f32],
     dk: &mut [f32],
     dv: &mut [f32],
 ) {
-    let (s, h, d) = (dm.s, dm.h, dm.d);
+    let (h, d) = (dm.h, dm.d);
     let scale = 1.0 / (d as f32).sqrt();
-    let base = seq * s * h;
-    let mut dp = vec![0f32; s * s];
+    let x = Qkv::from(&acts.q, &acts.k, &acts.v, h, at);
+    let dctx = &dctx[at * h..];
+    let mut dp = vec![0f32; len * len];
     let mut dropped = Vec::new();
     for head in 0..dm.heads {
-        let off = base + head * d;
-        let at = (seq * dm.heads + head) * s * s;
-        let probs = &acts.probs[at..at + s * s];
-        let keep = acts.probs_mask.as_deref().map(|m| &m[at..at + s * s]);
+        let off = head * d;
+        let block = head * len * len..(head + 1) * len * len;
+        let probs = &probs[block.clone()];
+        let keep = keep.map(|m| &m[block]);
         let pd: &[f32] = match keep {
             Some(keep) => {
-                let pd = sized(&mut dropped, s * s);
+                let pd = sized(&mut dropped, len * len);
                 pd.iter_mut()
                     .zip(probs.iter().zip(keep))
                     .for_each(|(o, (&p, &m))| *o = p * m);
@@ -766,28 +887,28 @@ fn attend_sequence_backward(
         sgemm_strided(
             false,
             true,
-            s,
-            s,
+            len,
+            len,
             d,
             dctx_h,
             h,
-            &acts.v[off..],
+            &x.v[off..],
             h,
             &mut dp,
-            s,
+            len,
             false,
         );
         sgemm_strided(
             true,
             false,
-            s,
+            len,
             d,
-            s,
+            len,
             pd,
-            s,
+            len,
             dctx_h,
             h,
-            &mut dv[head * d..],
+            &mut dv[off..],
             h,
             false,
         );
@@ -795,36 +916,36 @@ fn attend_sequence_backward(
             dp.iter_mut().zip(keep).for_each(|(g, &m)| *g *= m);
         }
         simd(|| {
-            dp.chunks_mut(s)
-                .zip(probs.chunks(s))
+            dp.chunks_mut(len)
+                .zip(probs.chunks(len))
                 .for_each(|(g, p)| softmax_grad_row(g, p, scale))
         });
         // dQ = dS · K; dK = dSᵀ · Q.
         sgemm_strided(
             false,
             false,
-            s,
+            len,
             d,
-            s,
+            len,
             &dp,
-            s,
-            &acts.k[off..],
+            len,
+            &x.k[off..],
             h,
-            &mut dq[head * d..],
+            &mut dq[off..],
             h,
             false,
         );
         sgemm_strided(
             true,
             false,
-            s,
+            len,
             d,
-            s,
+            len,
             &dp,
-            s,
-            &acts.q[off..],
+            len,
+            &x.q[off..],
             h,
-            &mut dk[head * d..],
+            &mut dk[off..],
             h,
             false,
         );
@@ -833,10 +954,12 @@ fn attend_sequence_backward(
 
 /// The backward pass of one layer: from d(output) `sc.dy` (n, h) to d(input) in `sc.dx`; the
 /// layer's weight gradients are added to `g`.
+#[allow(clippy::too_many_arguments)]
 fn layer_backward(
     p: &Params,
     l: usize,
     dm: Dims,
+    lens: &[usize],
     x: &[f32],
     acts: &LayerActs,
     g: &mut [Vec<f32>],
@@ -901,18 +1024,25 @@ fn layer_backward(
         false,
     );
     // Attention, one sequence per work item.
-    let (dq, dk, dv) = (
-        sized(&mut sc.dq, n * h),
-        sized(&mut sc.dk, n * h),
-        sized(&mut sc.dv, n * h),
-    );
-    let seq_len = dm.s * h;
+    let rows = |buf| row_pieces(buf, lens, h).into_iter();
+    let pieces: Vec<_> = rows(&mut sc.dq)
+        .zip(rows(&mut sc.dk))
+        .zip(rows(&mut sc.dv))
+        .collect();
+    let blocks: Vec<usize> =
+        starts(&lens.iter().map(|l| dm.heads * l * l).collect::<Vec<_>>()).collect();
+    let row_starts: Vec<usize> = starts(lens).collect();
     let dctx = &sc.dctx;
-    dq.par_chunks_mut(seq_len)
-        .zip(dk.par_chunks_mut(seq_len).zip(dv.par_chunks_mut(seq_len)))
+    pieces
+        .into_par_iter()
         .enumerate()
-        .for_each(|(seq, (dq, (dk, dv)))| {
-            attend_sequence_backward(dm, seq, acts, dctx, dq, dk, dv)
+        .for_each(|(row, ((dq, dk), dv))| {
+            let len = lens[row];
+            let block = blocks[row]..blocks[row] + dm.heads * len * len;
+            let probs = &acts.probs[block.clone()];
+            let keep = acts.probs_mask.as_deref().map(|m| &m[block]);
+            let at = row_starts[row];
+            attend_sequence_backward(dm, len, at, acts, probs, keep, dctx, dq, dk, dv)
         });
     // Projections: d(input) = the residual's dz1 (already in dx) + the three projections'
     // input gradients.
@@ -947,15 +1077,8 @@ pub fn backward(
     let mut sc = std::mem::take(&mut tape.scratch);
     pool_backward(tape, d_pooled, pooling, sized(&mut sc.dy, dm.n * dm.h));
     for l in (0..tape.layers.len()).rev() {
-        layer_backward(
-            p,
-            l,
-            dm,
-            &tape.xs[l],
-            &tape.layers[l],
-            grads.layer(l),
-            &mut sc,
-        );
+        let (x, acts) = (&tape.xs[l], &tape.layers[l]);
+        layer_backward(p, l, dm, &tape.lens, x, acts, grads.layer(l), &mut sc);
         std::mem::swap(&mut sc.dy, &mut sc.dx);
     }
     // Embeddings: dropout, layer norm, then the three tables.
@@ -973,7 +1096,7 @@ pub fn backward(
     let (pos, rest) = rest.split_at_mut(1);
     let types = &mut rest[0];
     for (at, row) in dz0.chunks(h).enumerate() {
-        let t = at % dm.s;
+        let t = tape.positions[at] as usize;
         let (id, ty) = (tape.ids[at] as usize, tape.type_ids[at] as usize);
         for (dst, off) in [(&mut word[0], id), (&mut pos[0], t), (&mut *types, ty)] {
             dst[off * h..(off + 1) * h]
@@ -1038,30 +1161,31 @@ mod tests {
         (varmap, model)
     }
 
-    /// Three rows of different lengths (padding in two of them), both token types.
-    fn batch() -> Batch {
-        let lens = vec![7, 4, 1];
-        let seq = 7;
+    /// Rows of the given lengths with random ids and both token types.
+    fn batch(lens: &[usize]) -> Batch {
+        let n: usize = lens.iter().sum();
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let ids = (0..lens.len() * seq)
-            .map(|_| rng.random_range(0..50))
-            .collect();
-        let type_ids = (0..lens.len() * seq).map(|i| (i % 3 == 0) as u32).collect();
         Batch {
-            ids,
-            type_ids,
-            lens,
-            seq,
+            ids: (0..n).map(|_| rng.random_range(0..50)).collect(),
+            type_ids: (0..n).map(|i| (i % 3 == 0) as u32).collect(),
+            lens: lens.to_vec(),
         }
     }
 
+    /// The batch padded, as the candle model takes it.
     fn tensors(batch: &Batch) -> (Tensor, Tensor, Tensor) {
-        let (b, s) = (batch.rows(), batch.seq);
-        let mask: Vec<u32> = (0..b * s)
-            .map(|i| (i % s < batch.lens[i / s]) as u32)
-            .collect();
-        let t = |v: Vec<u32>| Tensor::from_vec(v, (b, s), &Device::Cpu).unwrap();
-        (t(batch.ids.clone()), t(batch.type_ids.clone()), t(mask))
+        let (ids, types, mask, s) = batch.padded(0);
+        let t = |v: Vec<u32>| Tensor::from_vec(v, (batch.rows(), s), &Device::Cpu).unwrap();
+        (t(ids), t(types), t(mask))
+    }
+
+    /// The real tokens' rows of padded (b, s, h) states, packed.
+    fn packed(states: &Tensor, lens: &[usize]) -> Vec<f32> {
+        let (_, s, h) = states.dims3().unwrap();
+        let all = states.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let rows = lens.iter().enumerate();
+        rows.flat_map(|(r, &len)| all[r * s * h..(r * s + len) * h].to_vec())
+            .collect()
     }
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -1076,25 +1200,21 @@ mod tests {
     fn inference_matches_the_candle_model() {
         let cfg = config(HiddenAct::Gelu);
         let (_vars, model) = model(&cfg);
-        let batch = batch();
+        let batch = batch(&[7, 4, 1]);
         let (ids, types, mask) = tensors(&batch);
         let theirs = model.forward(&ids, &types, &mask, &mut Mode::Eval).unwrap();
-        let theirs = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let theirs = packed(&theirs, &batch.lens);
         let mut ws = Workspace::default();
         let ours = with_params(&model, |p| infer(p, &batch, &mut ws).map(<[f32]>::to_vec))
             .unwrap()
             .unwrap();
-        assert!(
-            max_diff(&ours, &theirs) < 1e-5,
-            "{}",
-            max_diff(&ours, &theirs)
-        );
+        let diff = max_diff(&ours, &theirs);
+        assert!(diff < 1e-5, "{diff}");
         // The buffers are reused by a second, smaller batch.
         let small = Batch {
             ids: batch.ids[..7].to_vec(),
             type_ids: batch.type_ids[..7].to_vec(),
             lens: vec![7],
-            seq: 7,
         };
         let again = with_params(&model, |p| infer(p, &small, &mut ws).map(<[f32]>::to_vec))
             .unwrap()
@@ -1102,63 +1222,77 @@ mod tests {
         assert!(max_diff(&again, &ours[..7 * 16]) < 1e-5);
     }
 
+    /// Drops nothing (so rows of different lengths can be compared: the packed engine and the
+    /// padded candle model draw masks of different sizes).
+    struct Keep;
+    impl DropoutRng for Keep {
+        fn fill(&mut self, out: &mut [f32], _p: f32) {
+            out.fill(1.0);
+        }
+    }
+
     #[test]
     fn training_pass_and_every_gradient_match_candles_autograd() {
-        for (act, pooling) in [
+        let cases = [
             (HiddenAct::Gelu, Pooling::Mean),
             (HiddenAct::GeluNew, Pooling::Max),
             (HiddenAct::Relu, Pooling::Cls),
             (HiddenAct::Gelu, Pooling::MeanSqrtLen),
-        ] {
-            let cfg = config(act);
-            let (_vars, model) = model(&cfg);
-            let batch = batch();
-            let h = cfg.hidden_size;
-            let up = Tensor::randn(0f32, 1.0, (batch.rows(), h), &Device::Cpu).unwrap();
-            // candle: forward with dropout, pool, weight by `up`, backward.
-            let (ids, types, mask) = tensors(&batch);
-            let mut drop = TestDrop(rand::rngs::StdRng::seed_from_u64(7));
-            let states = model
-                .forward(&ids, &types, &mask, &mut Mode::Train(&mut drop))
+        ];
+        // Rows of one length with dropout (the same masks on both sides), and rows of different
+        // lengths without.
+        for (lens, dropout) in [(&[5usize, 5, 5][..], true), (&[7, 4, 1][..], false)] {
+            for (act, pooling) in cases {
+                let what = format!("{act:?} {pooling:?} {lens:?}");
+                let cfg = config(act);
+                let (_vars, model) = model(&cfg);
+                let batch = batch(lens);
+                let h = cfg.hidden_size;
+                let up = Tensor::randn(0f32, 1.0, (batch.rows(), h), &Device::Cpu).unwrap();
+                let rng = || -> Box<dyn DropoutRng> {
+                    if dropout {
+                        Box::new(TestDrop(rand::rngs::StdRng::seed_from_u64(7)))
+                    } else {
+                        Box::new(Keep)
+                    }
+                };
+                // candle: forward, pool, weight by `up`, backward.
+                let (ids, types, mask) = tensors(&batch);
+                let states = model
+                    .forward(&ids, &types, &mask, &mut Mode::Train(&mut *rng()))
+                    .unwrap();
+                let theirs = candle_pool(&states, &mask, pooling).unwrap();
+                let grads = (&theirs * &up)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let theirs = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                // Ours, with the same masks.
+                let mut ours = Grads::new(&model);
+                let up = up.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let pooled = with_params(&model, |p| {
+                    let mut tape = Tape::default();
+                    // Twice into one tape: the second pass reuses the first one's buffers.
+                    let mut other = TestDrop(rand::rngs::StdRng::seed_from_u64(1));
+                    forward_train(p, &batch, &mut other, &mut tape).unwrap();
+                    forward_train(p, &batch, &mut *rng(), &mut tape).unwrap();
+                    backward(p, &mut tape, &up, pooling, &mut ours);
+                    tape.pooled(pooling)
+                })
                 .unwrap();
-            let theirs = candle_pool(&states, &mask, pooling).unwrap();
-            let grads = (&theirs * &up)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let theirs = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            // Ours, with the same masks.
-            let mut drop = TestDrop(rand::rngs::StdRng::seed_from_u64(7));
-            let mut ours = Grads::new(&model);
-            let up = up.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let pooled = with_params(&model, |p| {
-                let mut tape = Tape::default();
-                // Twice into one tape: the second pass reuses the first one's buffers.
-                forward_train(
-                    p,
-                    &batch,
-                    &mut TestDrop(rand::rngs::StdRng::seed_from_u64(1)),
-                    &mut tape,
-                )
-                .unwrap();
-                forward_train(p, &batch, &mut drop, &mut tape).unwrap();
-                backward(p, &mut tape, &up, pooling, &mut ours);
-                tape.pooled(pooling)
-            })
-            .unwrap();
-            let what = format!("{act:?} {pooling:?}");
-            assert!(max_diff(&pooled, &theirs) < 1e-5, "{what}: pooled");
-            for (i, t) in model.tensors().iter().enumerate() {
-                let g = grads.get(t).expect("candle gradient");
-                let g = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let scale = g.iter().fold(1f32, |m, v| m.max(v.abs()));
-                let diff = max_diff(&ours.t[i], &g);
-                assert!(
-                    diff <= 1e-4 * scale,
-                    "{what}: tensor {i} differs by {diff} (scale {scale})"
-                );
+                assert!(max_diff(&pooled, &theirs) < 1e-5, "{what}: pooled");
+                for (i, t) in model.tensors().iter().enumerate() {
+                    let g = grads.get(t).expect("candle gradient");
+                    let g = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    let scale = g.iter().fold(1f32, |m, v| m.max(v.abs()));
+                    let diff = max_diff(&ours.t[i], &g);
+                    assert!(
+                        diff <= 1e-4 * scale,
+                        "{what}: tensor {i} differs by {diff} (scale {scale})"
+                    );
+                }
             }
         }
     }

@@ -201,17 +201,34 @@ impl MaskedSoftmax {
 
 /// `row = softmax(scale * row + mask)`, in place.
 #[inline(always)]
-pub(super) fn softmax_row(row: &mut [f32], mask: &[f32], scale: f32) {
+fn softmax_row(row: &mut [f32], mask: &[f32], scale: f32) {
     // Separate passes so each one vectorises.
     for (o, &m) in row.iter_mut().zip(mask) {
         *o = *o * scale + m;
     }
-    let max = max8(row);
-    for o in row.iter_mut() {
-        *o = exp(*o - max);
-    }
-    let inv = 1.0 / sum8(row, |_, v| v);
+    let inv = 1.0 / exp_shifted_sum(row, 1.0);
     row.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// `row = exp(scale * (row - max(row)))` in place (scale > 0), returning the row's new sum: a
+/// softmax before its division.
+#[inline(always)]
+pub(super) fn exp_shifted_sum(row: &mut [f32], scale: f32) -> f32 {
+    let max = max8(row);
+    let mut acc = [0f32; 8];
+    let mut chunks = row.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
+            *v = exp((*v - max) * scale);
+            *a += *v;
+        }
+    }
+    let mut total: f32 = acc.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = exp((*v - max) * scale);
+        total += *v;
+    }
+    total
 }
 
 /// The scaled softmax's backward pass for one row, in place: `g` holds d(probs) and becomes
