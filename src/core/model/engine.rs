@@ -19,8 +19,8 @@ use super::blas::{sgemm, sgemm_add, sgemm_strided};
 use super::config::{BertConfig, HiddenAct};
 use super::folder::Pooling;
 use super::kernels::{
-    exp_shifted_sum, gelu, gelu_derivative, layer_norm_grad_rows, layer_norm_rows, simd,
-    softmax_grad_row, CHUNK,
+    gelu_grad_into, gelu_into, layer_norm_grad_rows, layer_norm_rows, simd, softmax_grad_rows,
+    softmax_rows, CHUNK,
 };
 
 /// Index of a layer's tensors in [`Params`], in the order of [`BertModel::tensors`].
@@ -263,12 +263,10 @@ fn apply_mask(xs: &mut [f32], mask: &[f32]) {
 
 /// The activation, in place.
 fn activate(act: HiddenAct, xs: &mut [f32]) {
-    xs.par_chunks_mut(CHUNK).for_each(|x| {
-        simd(|| match act {
-            HiddenAct::Gelu => x.iter_mut().for_each(|v| *v = gelu(*v)),
-            HiddenAct::GeluNew => x.iter_mut().for_each(|v| *v = gelu_tanh(*v).0),
-            HiddenAct::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
-        })
+    xs.par_chunks_mut(CHUNK).for_each(|x| match act {
+        HiddenAct::Gelu => gelu_into(x),
+        HiddenAct::GeluNew => simd(|| x.iter_mut().for_each(|v| *v = gelu_tanh(*v).0)),
+        HiddenAct::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
     });
 }
 
@@ -276,15 +274,15 @@ fn activate(act: HiddenAct, xs: &mut [f32]) {
 fn activation_backward(act: HiddenAct, pre: &[f32], g: &mut [f32]) {
     g.par_chunks_mut(CHUNK)
         .zip(pre.par_chunks(CHUNK))
-        .for_each(|(g, x)| {
-            simd(|| {
-                let it = g.iter_mut().zip(x);
-                match act {
-                    HiddenAct::Gelu => it.for_each(|(g, &x)| *g *= gelu_derivative(x)),
-                    HiddenAct::GeluNew => it.for_each(|(g, &x)| *g *= gelu_tanh(x).1),
-                    HiddenAct::Relu => it.for_each(|(g, &x)| *g *= if x > 0.0 { 1.0 } else { 0.0 }),
-                }
-            })
+        .for_each(|(g, x)| match act {
+            HiddenAct::Gelu => gelu_grad_into(g, x),
+            HiddenAct::GeluNew => {
+                simd(|| g.iter_mut().zip(x).for_each(|(g, &x)| *g *= gelu_tanh(x).1))
+            }
+            HiddenAct::Relu => g
+                .iter_mut()
+                .zip(x)
+                .for_each(|(g, &x)| *g *= if x > 0.0 { 1.0 } else { 0.0 }),
         });
 }
 
@@ -400,14 +398,7 @@ fn attend_sequence(
             len,
             false,
         );
-        simd(|| {
-            for (row, inv) in p.chunks_mut(len).zip(inv_sums.iter_mut()) {
-                *inv = 1.0 / exp_shifted_sum(row, scale);
-                if train {
-                    row.iter_mut().for_each(|v| *v *= *inv);
-                }
-            }
-        });
+        softmax_rows(p, len, &mut inv_sums, scale, train);
         let p: &[f32] = match keep {
             Some(keep) => {
                 let keep = &keep[head * len * len..(head + 1) * len * len];
@@ -915,11 +906,7 @@ fn attend_sequence_backward(
         if let Some(keep) = keep {
             dp.iter_mut().zip(keep).for_each(|(g, &m)| *g *= m);
         }
-        simd(|| {
-            dp.chunks_mut(len)
-                .zip(probs.chunks(len))
-                .for_each(|(g, p)| softmax_grad_row(g, p, scale))
-        });
+        softmax_grad_rows(&mut dp, probs, len, scale);
         // dQ = dS · K; dK = dSᵀ · Q.
         sgemm_strided(
             false,

@@ -32,6 +32,111 @@ pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Defines a function whose body is compiled twice, for AVX2 + FMA and as built, and picks the
+/// first when the CPU has them (as [`simd`], but certain: a closure handed to [`simd`] is not
+/// always inlined into the AVX2 function, and then runs as plain SSE2 code). Helpers the body
+/// calls must be `#[inline(always)]`.
+macro_rules! simd_fn {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $body
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the only requirement of a `target_feature` function is that the
+                    // CPU has the features, which was just checked.
+                    #[allow(unsafe_code)]
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body
+        }
+    };
+}
+
+simd_fn! {
+    /// Softmax of `scale` times each row (of `len`) of `p`, in place; `inv` gets each row's
+    /// 1/sum. Without `normalize` the rows are left unnormalised (the caller divides later).
+    pub(super) fn softmax_rows(p: &mut [f32], len: usize, inv: &mut [f32], scale: f32, normalize: bool) {
+        for (row, inv) in p.chunks_mut(len).zip(inv.iter_mut()) {
+            *inv = 1.0 / exp_shifted_sum(row, scale);
+            if normalize {
+                let i = *inv;
+                row.iter_mut().for_each(|v| *v *= i);
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// [`softmax_grad_row`] for each row (of `len`) of `g` and `p`.
+    pub(super) fn softmax_grad_rows(g: &mut [f32], p: &[f32], len: usize, scale: f32) {
+        for (g, p) in g.chunks_mut(len).zip(p.chunks(len)) {
+            softmax_grad_row(g, p, scale);
+        }
+    }
+}
+
+simd_fn! {
+    /// `out = gelu(x)` (erf form) element-wise.
+    pub(super) fn gelu_into(out: &mut [f32]) {
+        out.iter_mut().for_each(|v| *v = gelu(*v));
+    }
+}
+
+simd_fn! {
+    /// `g *= gelu'(x)` element-wise.
+    pub(super) fn gelu_grad_into(g: &mut [f32], x: &[f32]) {
+        g.iter_mut().zip(x).for_each(|(g, &x)| *g *= gelu_derivative(x));
+    }
+}
+
+simd_fn! {
+    /// Layer norm of the rows (of `w.len()`) of `x` into `o`.
+    fn layer_norm_block(o: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+        let d = w.len();
+        for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
+            let (mean, rstd) = row_stats(x, eps);
+            for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+                *o = (x - mean) * rstd * w + b;
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// The layer norm's backward pass over a block of rows; `acc` (2 · d) gets the block's
+    /// d(weight) and d(bias), `xhat` (d) is scratch.
+    fn layer_norm_grad_block(
+        dx: &mut [f32],
+        x: &[f32],
+        g: &[f32],
+        w: &[f32],
+        eps: f32,
+        acc: &mut [f32],
+        xhat: &mut [f32],
+    ) {
+        let d = w.len();
+        let (dw, db) = acc.split_at_mut(d);
+        for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
+            let (mean, rstd) = row_stats(x, eps);
+            for (h, &x) in xhat.iter_mut().zip(x) {
+                *h = (x - mean) * rstd;
+            }
+            let mean_dh = sum8(g, |i, g| g * w[i]) / d as f32;
+            let mean_dh_h = sum8(g, |i, g| g * w[i] * xhat[i]) / d as f32;
+            for i in 0..d {
+                let dh = g[i] * w[i];
+                dx[i] = rstd * (dh - mean_dh - xhat[i] * mean_dh_h);
+                dw[i] += g[i] * xhat[i];
+                db[i] += g[i];
+            }
+        }
+    }
+}
+
 /// `e^x` to within 2 ulp for x in [-87, 88]; 0 below, +inf above. Branch-free, so loops over
 /// slices vectorise (Cephes' `expf` polynomial after a range reduction by powers of two).
 #[inline(always)]
@@ -387,16 +492,7 @@ pub(super) fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &m
     let rows_per_item = (CHUNK / d.max(1)).max(1);
     out.par_chunks_mut(rows_per_item * d)
         .zip(x.par_chunks(rows_per_item * d))
-        .for_each(|(o, x)| {
-            simd(|| {
-                for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
-                    let (mean, rstd) = row_stats(x, eps);
-                    for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
-                        *o = (x - mean) * rstd * w + b;
-                    }
-                }
-            })
-        });
+        .for_each(|(o, x)| layer_norm_block(o, x, w, b, eps));
 }
 
 /// The layer norm's backward pass over rows: `dx` gets d(input) from the input rows `x` and the
@@ -421,24 +517,8 @@ pub(super) fn layer_norm_grad_rows(
         )
         .map(|(dx, (x, g))| {
             let mut acc = vec![0f32; 2 * d];
-            let (dw, db) = acc.split_at_mut(d);
             let mut xhat = vec![0f32; d];
-            simd(|| {
-                for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
-                    let (mean, rstd) = row_stats(x, eps);
-                    for (h, &x) in xhat.iter_mut().zip(x) {
-                        *h = (x - mean) * rstd;
-                    }
-                    let mean_dh = sum8(g, |i, g| g * w[i]) / d as f32;
-                    let mean_dh_h = sum8(g, |i, g| g * w[i] * xhat[i]) / d as f32;
-                    for i in 0..d {
-                        let dh = g[i] * w[i];
-                        dx[i] = rstd * (dh - mean_dh - xhat[i] * mean_dh_h);
-                        dw[i] += g[i] * xhat[i];
-                        db[i] += g[i];
-                    }
-                }
-            });
+            layer_norm_grad_block(dx, x, g, w, eps, &mut acc, &mut xhat);
             acc
         })
         .collect();
