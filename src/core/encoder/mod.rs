@@ -348,7 +348,8 @@ impl Encoder {
         let tokenized = self.tokenize(texts, role, ctx)?;
         let dim = self.dim();
         let mut data = vec![0f32; texts.len() * dim];
-        // Longest first: similar lengths share a batch, so little padding is computed.
+        // Longest first: a batch holds texts of similar lengths, so its attention work splits
+        // evenly over the threads (the engine computes no padding either way).
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(tokenized[i].ids.len()));
         let clock = StageClock::start("embedding", "texts", texts.len());
