@@ -37,7 +37,7 @@ shot() {
 # 1. Fine-tuning: live curves while it runs, then the end state once the model is saved.
 "$BIN" gui --data "$DATA" --model "$MODEL" --out "$FT" --fine-tune --tab fine-tune >"$WORK/ft.log" 2>&1 &
 pid=$!
-sleep "${TRAIN_SHOT_SECS:-70}"
+sleep "${TRAIN_SHOT_SECS:-45}"
 import -window root "$OUT/fine-tune-running.png"
 echo "saved $OUT/fine-tune-running.png"
 t=0
