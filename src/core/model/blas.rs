@@ -363,11 +363,36 @@ pub fn sgemm_strided(
             blas, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, accumulate,
         );
     }
+    strided_builtin(
+        trans_a,
+        trans_b,
+        [m, n, k],
+        (a, lda),
+        (b, ldb),
+        (c, ldc),
+        accumulate,
+        gemm::Parallelism::None,
+    )
+}
+
+/// The `gemm` crate's product over strided row-major views, for inputs a caller has checked
+/// (every element the strides reach lies inside the slices).
+#[allow(clippy::too_many_arguments)]
+fn strided_builtin(
+    trans_a: bool,
+    trans_b: bool,
+    [m, n, k]: [usize; 3],
+    (a, lda): (&[f32], usize),
+    (b, ldb): (&[f32], usize),
+    (c, ldc): (&mut [f32], usize),
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
     // Strides of op(a)[i][p] and op(b)[p][j] in the stored buffers.
     let (a_rs, a_cs) = if trans_a { (1, lda) } else { (lda, 1) };
     let (b_rs, b_cs) = if trans_b { (1, ldb) } else { (ldb, 1) };
-    // SAFETY: the asserts above check that every element these strides reach lies inside the
-    // slices; `c` is written, `a` and `b` only read, and they do not overlap (`c` is `&mut`).
+    // SAFETY: the callers check that every element these strides reach lies inside the slices;
+    // `c` is written, `a` and `b` only read, and they do not overlap (`c` is `&mut`).
     unsafe {
         gemm::gemm(
             m,
@@ -388,7 +413,7 @@ pub fn sgemm_strided(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     }
 }
@@ -434,34 +459,17 @@ fn builtin(
     accumulate: bool,
 ) {
     assert!(covers(a.len(), m, k) && covers(b.len(), k, n) && covers(c.len(), m, n));
-    // Strides of op(a)[i][p] and op(b)[p][j] in the row-major buffers.
-    let (a_rs, a_cs) = if trans_a { (1, m) } else { (k, 1) };
-    let (b_rs, b_cs) = if trans_b { (1, k) } else { (n, 1) };
-    // SAFETY: the asserts above check that every element these strides reach lies inside the
-    // slices; `c` is written, `a` and `b` only read, and they do not overlap (`c` is `&mut`).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
+    let (lda, ldb) = (if trans_a { m } else { k }, if trans_b { k } else { n });
+    strided_builtin(
+        trans_a,
+        trans_b,
+        [m, n, k],
+        (a, lda),
+        (b, ldb),
+        (c, n),
+        accumulate,
+        parallelism,
+    )
 }
 
 /// `batch` independent products [`sgemm`] describes, packed one after another in `a`, `b` and
