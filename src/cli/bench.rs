@@ -24,6 +24,22 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// CPU seconds used by the whole process so far (all threads), from /proc (Linux; 10 ms ticks).
+fn process_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces): state is the first, utime the
+    // 12th and stime the 13th; both in USER_HZ ticks, 100 per second on Linux.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Cores kept busy between two (wall, CPU) readings.
+fn cores_busy(from: (Instant, Option<f64>), to: (Instant, Option<f64>)) -> Option<f64> {
+    let wall = to.0.duration_since(from.0).as_secs_f64();
+    Some((to.1? - from.1?) / wall).filter(|_| wall > 0.0)
+}
+
 fn quiet<R>(f: impl FnOnce(&JobCtx<'_, ()>) -> R) -> R {
     let emit = |_: Update<()>| {};
     f(&JobCtx::new(CancelToken::new(), &emit))
@@ -67,27 +83,31 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         quiet(|ctx| enc.encode(&warm, Role::Document, ctx))?;
         let mut runs = Vec::new();
         let mut tokens = 0usize;
+        let busy_from = (Instant::now(), process_cpu_secs());
         for _ in 0..args.repeats {
             let start = Instant::now();
             let (_, counts) = quiet(|ctx| enc.encode(&texts, Role::Document, ctx))?;
             runs.push(start.elapsed().as_secs_f64());
             tokens = counts.iter().map(|c| c.tokens.min(enc.max_seq_len)).sum();
         }
+        let busy = cores_busy(busy_from, (Instant::now(), process_cpu_secs()));
         let best = runs.iter().copied().fold(f64::INFINITY, f64::min);
         let median = median(&runs);
         eprintln!(
-            "embedding: {} texts, {} tokens, median {:.2} s: {:.1} texts/s, {:.0} tokens/s",
+            "embedding: {} texts, {} tokens, median {:.2} s: {:.1} texts/s, {:.0} tokens/s; {:.2} cores busy",
             texts.len(),
             tokens,
             median,
             texts.len() as f64 / median,
-            tokens as f64 / median
+            tokens as f64 / median,
+            busy.unwrap_or(f64::NAN)
         );
         report.insert(
             "embedding".into(),
             json!({"texts": texts.len(), "tokens": tokens, "batch_size": args.batch_size,
                    "max_seq_len": args.max_seq_len, "seconds": runs, "texts_per_sec_median": texts.len() as f64 / median,
-                   "texts_per_sec_best": texts.len() as f64 / best, "tokens_per_sec_median": tokens as f64 / median}),
+                   "texts_per_sec_best": texts.len() as f64 / best, "tokens_per_sec_median": tokens as f64 / median,
+                   "cores_busy": busy}),
         );
     }
 
@@ -107,8 +127,14 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         // A tiny validation set: the bench times steps, not validation.
         let val = &data.triplets[..4.min(data.len())];
         let steps = std::sync::Mutex::new(Vec::new());
+        // (wall, CPU) at the end of each step: the cores kept busy from the first step's end on.
+        let marks = std::sync::Mutex::new(Vec::new());
         let emit = |u: Update<TrainEvent>| {
             if let Update::Point(TrainEvent::Step(s)) = u {
+                marks
+                    .lock()
+                    .expect("lock")
+                    .push((Instant::now(), process_cpu_secs()));
                 steps
                     .lock()
                     .expect("lock")
@@ -125,10 +151,16 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         } else {
             &secs[..]
         };
+        let marks = marks.into_inner().expect("lock");
+        let busy = match (marks.first(), marks.last()) {
+            (Some(&a), Some(&b)) if marks.len() > 1 => cores_busy(a, b),
+            _ => None,
+        };
         eprintln!(
-            "fine-tuning: mnrl, batch 16, seq 128: median {:.2} s/step over {} steps",
+            "fine-tuning: mnrl, batch 16, seq 128: median {:.2} s/step over {} steps; {:.2} cores busy",
             median(timed),
-            timed.len()
+            timed.len(),
+            busy.unwrap_or(f64::NAN)
         );
         let phase = |i: usize| median(&phases.iter().skip(1).map(|p| p[i]).collect::<Vec<_>>());
         let (fwd, bwd, upd) = (phase(0), phase(1), phase(2));
@@ -137,7 +169,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             "train_step".into(),
             json!({"seconds": secs, "median_secs_after_first": median(timed),
                    "median_forward_secs": fwd, "median_backward_secs": bwd,
-                   "median_update_secs": upd}),
+                   "median_update_secs": upd, "cores_busy": busy}),
         );
     }
 
