@@ -8,6 +8,9 @@
 //! with its scores in cache (never a batch-wide score tensor in inference), and the products
 //! read and write heads in place through strides instead of copying them apart.
 //!
+//! Texts are packed back to back without padding: the dense layers compute only real tokens and
+//! attention runs over each text's own length.
+//!
 //! [`BertModel::forward`] is the reference: the tests compare this engine's outputs and every
 //! gradient with candle's autograd through it, with the same dropout masks.
 
@@ -347,8 +350,8 @@ struct Qkv<'a> {
 }
 
 impl<'a> Qkv<'a> {
-    /// Rows from `start` on; `stride` is the distance between the three parts' columns in a
-    /// fused buffer (0 when they are separate buffers `k` and `v`).
+    /// The rows from token `start` on of three views with row length `ld` (three buffers, or
+    /// three column offsets into one fused buffer).
     fn from(q: &'a [f32], k: &'a [f32], v: &'a [f32], ld: usize, start: usize) -> Self {
         Self {
             q: &q[start * ld..],
