@@ -80,33 +80,37 @@ impl AdamW {
         let decay = f(1.0 - p.lr * p.weight_decay);
         let (lr, eps) = (f(p.lr), f(p.eps));
         let clip = f(grad_scale);
-        for (slot, g) in self.slots.iter_mut().zip(grads) {
-            let mut theta = slot.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-            if g.len() != theta.len() {
-                candle_core::bail!("a gradient of {} values for {}", g.len(), theta.len());
-            }
-            theta
-                .par_chunks_mut(1 << 14)
-                .zip(slot.m.par_chunks_mut(1 << 14))
-                .zip(slot.v.par_chunks_mut(1 << 14))
-                .zip(g.par_chunks(1 << 14))
-                .for_each(|(((theta, m), v), g)| {
-                    for i in 0..theta.len() {
-                        // As torch multiplies the gradients in place when clipping.
-                        let gi = g[i] * clip;
-                        m[i] = m[i] * b1 + gi * one_minus_b1;
-                        v[i] = v[i] * b2 + (gi * gi) * one_minus_b2;
-                        let m_hat = m[i] * scale_m;
-                        let v_hat = v[i] * scale_v;
-                        let adjusted = m_hat / (v_hat.sqrt() + eps);
-                        theta[i] = theta[i] * decay - adjusted * lr;
-                    }
-                });
-            let shape = slot.var.shape().clone();
-            slot.var
-                .set(&Tensor::from_vec(theta, shape, slot.var.device())?)?;
-        }
-        Ok(())
+        // Variables in parallel too: their copies in and out of candle's storage would otherwise
+        // run one after the other.
+        self.slots
+            .par_iter_mut()
+            .zip(grads)
+            .try_for_each(|(slot, g)| {
+                let mut theta = slot.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+                if g.len() != theta.len() {
+                    candle_core::bail!("a gradient of {} values for {}", g.len(), theta.len());
+                }
+                theta
+                    .par_chunks_mut(1 << 14)
+                    .zip(slot.m.par_chunks_mut(1 << 14))
+                    .zip(slot.v.par_chunks_mut(1 << 14))
+                    .zip(g.par_chunks(1 << 14))
+                    .for_each(|(((theta, m), v), g)| {
+                        for i in 0..theta.len() {
+                            // As torch multiplies the gradients in place when clipping.
+                            let gi = g[i] * clip;
+                            m[i] = m[i] * b1 + gi * one_minus_b1;
+                            v[i] = v[i] * b2 + (gi * gi) * one_minus_b2;
+                            let m_hat = m[i] * scale_m;
+                            let v_hat = v[i] * scale_v;
+                            let adjusted = m_hat / (v_hat.sqrt() + eps);
+                            theta[i] = theta[i] * decay - adjusted * lr;
+                        }
+                    });
+                let shape = slot.var.shape().clone();
+                slot.var
+                    .set(&Tensor::from_vec(theta, shape, slot.var.device())?)
+            })
     }
 }
 
