@@ -376,6 +376,9 @@ fn attend_sequence(
     keep: Option<&[f32]>,
 ) {
     let (h, d, ld) = (dm.h, dm.d, x.ld);
+    if len == 0 {
+        return;
+    }
     let scale = 1.0 / (d as f32).sqrt();
     let train = probs.is_some();
     let mut probs = probs;
@@ -745,6 +748,9 @@ pub fn forward_train(
 pub fn pool(states: &[f32], lens: &[usize], h: usize, pooling: Pooling) -> Vec<f32> {
     let mut out = vec![0f32; lens.len() * h];
     for ((o, &len), start) in out.chunks_mut(h).zip(lens).zip(starts(lens)) {
+        if len == 0 {
+            continue; // an empty text pools to zeros
+        }
         let rows = &states[start * h..(start + len) * h];
         match pooling {
             Pooling::Cls => o.copy_from_slice(&rows[..h]),
@@ -777,6 +783,9 @@ fn pool_backward(tape: &Tape, d_pooled: &[f32], pooling: Pooling, d: &mut [f32])
     d.fill(0.0);
     let states = tape.states();
     for ((g, &len), start) in d_pooled.chunks(h).zip(&tape.lens).zip(starts(&tape.lens)) {
+        if len == 0 {
+            continue;
+        }
         let dst = &mut d[start * h..(start + len) * h];
         match pooling {
             Pooling::Cls => dst[..h].copy_from_slice(g),
@@ -856,6 +865,9 @@ fn attend_sequence_backward(
     dv: &mut [f32],
 ) {
     let (h, d) = (dm.h, dm.d);
+    if len == 0 {
+        return;
+    }
     let scale = 1.0 / (d as f32).sqrt();
     let x = Qkv::from(&acts.q, &acts.k, &acts.v, h, at);
     let dctx = &dctx[at * h..];
@@ -1210,6 +1222,36 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(max_diff(&again, &ours[..7 * 16]) < 1e-5);
+    }
+
+    #[test]
+    fn an_empty_row_pools_to_zeros_and_leaves_the_others_alone() {
+        let (_vars, model) = model(&config(HiddenAct::Gelu));
+        let with_empty = Batch {
+            lens: vec![3, 0, 2],
+            ..batch(&[3, 2])
+        };
+        let without = batch(&[3, 2]);
+        let pooled = |b: &Batch| {
+            with_params(&model, |p| {
+                let mut ws = Workspace::default();
+                let states = infer(p, b, &mut ws).unwrap().to_vec();
+                pool(&states, &b.lens, 16, Pooling::Cls)
+            })
+            .unwrap()
+        };
+        let (a, b) = (pooled(&with_empty), pooled(&without));
+        assert_eq!(a[16..32], [0.0; 16]);
+        assert!(max_diff(&a[..16], &b[..16]) < 1e-6 && max_diff(&a[32..], &b[16..]) < 1e-6);
+        // Training through an empty row, too.
+        with_params(&model, |p| {
+            let mut tape = Tape::default();
+            forward_train(p, &with_empty, &mut Keep, &mut tape).unwrap();
+            let mut grads = Grads::new(&model);
+            backward(p, &mut tape, &[1.0; 48], Pooling::Mean, &mut grads);
+            assert!(grads.t.iter().flatten().all(|g| g.is_finite()));
+        })
+        .unwrap();
     }
 
     /// Drops nothing (so rows of different lengths can be compared: the packed engine and the
