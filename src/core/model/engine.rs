@@ -134,6 +134,28 @@ fn row_pieces<'a>(buf: &'a mut Vec<f32>, lens: &[usize], width: usize) -> Vec<&'
     split_mut(sized(buf, n * width), lens.iter().map(|l| l * width))
 }
 
+/// Where each text's tokens start, and where its attention block (heads, len, len) lies in a
+/// layer's probabilities and their dropout mask.
+struct Offsets {
+    tokens: Vec<usize>,
+    blocks: Vec<std::ops::Range<usize>>,
+}
+
+impl Offsets {
+    fn new(lens: &[usize], heads: usize) -> Self {
+        let sizes: Vec<usize> = lens.iter().map(|l| heads * l * l).collect();
+        Self {
+            tokens: starts(lens).collect(),
+            blocks: starts(&sizes).zip(&sizes).map(|(a, n)| a..a + n).collect(),
+        }
+    }
+
+    /// The length of all blocks together.
+    fn block_total(&self) -> usize {
+        self.blocks.last().map_or(0, |b| b.end)
+    }
+}
+
 /// Consecutive mutable pieces of `buf` with the given lengths.
 fn split_mut(mut buf: &mut [f32], sizes: impl Iterator<Item = usize>) -> Vec<&mut [f32]> {
     let mut out = Vec::new();
@@ -597,20 +619,18 @@ fn layer_forward(
         Run::Train(r) if prob > 0.0 => r.fill(sized(buf.get_or_insert_with(Vec::new), len), prob),
         _ => *buf = None,
     };
-    let probs_len: usize = lens.iter().map(|l| dm.heads * l * l).sum();
+    let at = Offsets::new(lens, dm.heads);
+    let probs_len = at.block_total();
     if train {
         draw(&mut acts.probs_mask, probs_len, attn_p);
     }
     let keep = acts.probs_mask.as_deref().filter(|_| train);
     // One sequence per work item: its rows of ctx, its blocks of probabilities and mask.
     let ctx_rows = row_pieces(&mut acts.ctx, lens, h);
-    let blocks: Vec<usize> =
-        starts(&lens.iter().map(|l| dm.heads * l * l).collect::<Vec<_>>()).collect();
-    let row_starts: Vec<usize> = starts(lens).collect();
     let probs = if train {
         split_mut(
             sized(&mut acts.probs, probs_len),
-            lens.iter().map(|l| dm.heads * l * l),
+            at.blocks.iter().map(|b| b.len()),
         )
         .into_iter()
         .map(Some)
@@ -623,10 +643,9 @@ fn layer_forward(
         .zip(probs)
         .enumerate()
         .for_each(|(row, (c, pr))| {
-            let len = lens[row];
-            let keep = keep.map(|m| &m[blocks[row]..blocks[row] + dm.heads * len * len]);
-            let x = Qkv::from(q, k, v, ld, row_starts[row]);
-            attend_sequence(dm, len, x, c, pr, keep)
+            let keep = keep.map(|m| &m[at.blocks[row].clone()]);
+            let x = Qkv::from(q, k, v, ld, at.tokens[row]);
+            attend_sequence(dm, lens[row], x, c, pr, keep)
         });
     // Attention output: dense, dropout, residual, layer norm.
     let scratch = sized(&mut acts.scratch, n * h);
@@ -1031,20 +1050,17 @@ fn layer_backward(
         .zip(rows(&mut sc.dk))
         .zip(rows(&mut sc.dv))
         .collect();
-    let blocks: Vec<usize> =
-        starts(&lens.iter().map(|l| dm.heads * l * l).collect::<Vec<_>>()).collect();
-    let row_starts: Vec<usize> = starts(lens).collect();
+    let at = Offsets::new(lens, dm.heads);
     let dctx = &sc.dctx;
     pieces
         .into_par_iter()
         .enumerate()
         .for_each(|(row, ((dq, dk), dv))| {
-            let len = lens[row];
-            let block = blocks[row]..blocks[row] + dm.heads * len * len;
+            let block = at.blocks[row].clone();
             let probs = &acts.probs[block.clone()];
             let keep = acts.probs_mask.as_deref().map(|m| &m[block]);
-            let at = row_starts[row];
-            attend_sequence_backward(dm, len, at, acts, probs, keep, dctx, dq, dk, dv)
+            let (len, first) = (lens[row], at.tokens[row]);
+            attend_sequence_backward(dm, len, first, acts, probs, keep, dctx, dq, dk, dv)
         });
     // Projections: d(input) = the residual's dz1 (already in dx) + the three projections'
     // input gradients.
