@@ -384,3 +384,41 @@ fn a_full_disk_fails_the_save_cleanly_and_embedding_runs_uncached() {
         r.cache_warnings
     );
 }
+
+/// A save touches only its own new folder and the parent's directory entry: a FIFO next to the
+/// output (and one deep inside an unrelated tree of many files) would block the save forever if
+/// it were opened, as the parent folder used to be walked and every file in it fsynced.
+#[test]
+fn a_save_never_opens_the_other_files_of_the_parent_folder() {
+    let work = tempfile::tempdir().unwrap();
+    let parent = work.path();
+    let tree = parent.join("other-models");
+    for i in 0..40 {
+        let dir = tree.join(format!("model-{i}/sub"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for j in 0..25 {
+            std::fs::write(dir.join(format!("f{j}.bin")), [i as u8; 64]).unwrap();
+        }
+    }
+    for fifo in [parent.join("a-fifo"), tree.join("model-7/sub/deep-fifo")] {
+        let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success(), "mkfifo {}", fifo.display());
+    }
+    let model = tiny_model(&TinySpec::default());
+    let folder = ModelFolder::open(model.path(), "tiny").unwrap();
+    let ck = Checkpoint::read(&folder).unwrap();
+    let out = parent.join("fine-tuned");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out2 = out.clone();
+    // A save that opened a FIFO would never return: run it on a thread and give it a deadline.
+    std::thread::spawn(move || {
+        save_version(&folder, &ck, &out2, 1);
+        save_version(&folder, &ck, &out2, 2);
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(60)).is_ok(),
+        "the save did not finish: it opened a FIFO outside its own folder"
+    );
+    assert_eq!(version_of(&out), 2);
+}

@@ -100,7 +100,7 @@ pub fn save_model_folder(
     );
     let tmp = parent.join(format!(".{name}.partial-{stamp}"));
     let result = write_folder(&tmp, source, checkpoint, weights, settings, after_file)
-        .and_then(|()| sync_dir(&tmp));
+        .and_then(|()| sync_written_folder(&tmp));
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -116,7 +116,7 @@ pub fn save_model_folder(
     // After an exchange `tmp` holds the previous folder; after the fallback `old` does.
     let _ = std::fs::remove_dir_all(&tmp);
     let _ = std::fs::remove_dir_all(&old);
-    let _ = sync_dir(&parent);
+    let _ = sync_dir_entry(&parent);
     Ok(())
 }
 
@@ -190,21 +190,31 @@ fn process_may_be_running(pid: u32) -> bool {
     }
 }
 
-/// Flushes a folder's files and the folder itself to disk (so a power cut after the rename does
-/// not leave empty files behind the new name).
-fn sync_dir(dir: &Path) -> Result<(), SaveError> {
+/// Flushes the files of a folder this save wrote (`tmp`: regular files and sub-folders only, all
+/// ours) and the folder itself to disk, so a power cut after the rename does not leave empty files
+/// behind the new name. Anything else found there (a link, a FIFO, a device) is not opened: opening
+/// a FIFO blocks.
+fn sync_written_folder(dir: &Path) -> Result<(), SaveError> {
     fn walk(dir: &Path) -> std::io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
-            if entry.file_type()?.is_dir() {
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
                 walk(&entry.path())?;
-            } else {
+            } else if kind.is_file() {
                 std::fs::File::open(entry.path())?.sync_all()?;
             }
         }
-        std::fs::File::open(dir)?.sync_all()
+        sync_dir_entry(dir)
     }
     walk(dir).map_err(io(dir))
+}
+
+/// Flushes one directory's own entries (the names in it), never the files under it: after the
+/// rename, the parent folder's entry for the new folder must reach the disk, and nothing else of
+/// the parent (it may be a home folder, `/tmp` or a folder of other models) is touched.
+fn sync_dir_entry(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 fn write_folder(
