@@ -58,7 +58,10 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)),
     );
-    report.insert("matmul".into(), json!(crate::core::model::blas::backend()));
+    report.insert(
+        "matmul".into(),
+        json!(crate::core::backend::cpu::blas::backend()),
+    );
 
     if !args.skip_embed {
         let opts = EncoderOptions {

@@ -6,14 +6,12 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{load_data, FinetuneArgs};
-use crate::core::encoder::{PromptChoice, Prompts};
+use crate::core::encoder::PromptChoice;
 use crate::core::jobs::{CancelToken, JobCtx, Update};
 use crate::core::metrics::{lower_is_better, metric_keys};
-use crate::core::model::save::{save_model_folder, SaveSettings};
-use crate::core::model::{resolve_source, Checkpoint, ModelSource};
-use crate::core::train::{
-    split_by_query, train, StopReason, TrainConfig, TrainEvent, TrainOutcome, BEST_METRIC,
-};
+use crate::core::model::ModelSource;
+use crate::core::pipeline::{fine_tune, stop_summary, FineTuneRequest, Validation};
+use crate::core::train::{TrainConfig, TrainEvent, TrainOutcome};
 
 /// The metrics shown in the live log and the summary line of the model card.
 const HEADLINE: &[&str] = &[
@@ -51,27 +49,36 @@ pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<()> {
         prompts: PromptChoice::parse(&args.prompts).map_err(anyhow::Error::msg)?,
         ..TrainConfig::default()
     };
-    let (train_set, val_set) = match &args.val {
-        Some(path) => (data.triplets.clone(), load_data(path)?.triplets),
-        None => split_by_query(&data.triplets, cfg.val_split, cfg.seed),
+    let validation = match &args.val {
+        Some(path) => Validation::File {
+            path: path.clone(),
+            triplets: load_data(path)?.triplets,
+        },
+        None => Validation::Split {
+            share: cfg.val_split,
+        },
     };
     let source = ModelSource::parse(&args.model);
-    let folder = resolve_source(&source, &mut |_| {})
-        .with_context(|| format!("cannot load model `{}`", source.label()))?;
-    let checkpoint = Checkpoint::read(&folder)
-        .with_context(|| format!("cannot load model `{}`", source.label()))?;
     eprintln!(
-        "Fine-tuning {} with {} on {} triplets, validating on {} ({})",
+        "Fine-tuning {} with {} on {} ({})",
         source.label(),
         cfg.loss.name(),
-        train_set.len(),
-        val_set.len(),
-        if args.val.is_some() {
-            "validation file".to_string()
-        } else {
-            format!("{:.0} % of the queries held out", cfg.val_split * 100.0)
+        args.data.display(),
+        match &validation {
+            Validation::File { path, .. } => format!("validating on {}", path.display()),
+            Validation::Split { share } => format!(
+                "{:.0} % of the queries held out for validation",
+                share * 100.0
+            ),
         }
     );
+    let request = FineTuneRequest {
+        source,
+        data_path: &args.data,
+        triplets: &data.triplets,
+        validation,
+        cfg: cfg.clone(),
+    };
 
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -91,9 +98,15 @@ pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<()> {
         Update::Point(TrainEvent::Started {
             total_steps,
             warmup_steps,
-            ..
+            train_triplets,
+            val_triplets,
         }) => {
-            bar.suspend(|| eprintln!("{total_steps} steps, {warmup_steps} warm-up"));
+            bar.suspend(|| {
+                eprintln!(
+                    "{train_triplets} training triplets, {val_triplets} validation triplets; \
+                     {total_steps} steps, {warmup_steps} warm-up"
+                )
+            });
         }
         Update::Point(TrainEvent::Step(s)) => {
             let line = format!(
@@ -112,45 +125,28 @@ pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<()> {
         Update::Warning(w) => bar.suspend(|| eprintln!("warning: {w}")),
     };
     let ctx = JobCtx::new(CancelToken::new(), &emit);
-    let outcome = train(&folder, &checkpoint, &train_set, &val_set, &cfg, &ctx)?;
-    bar.finish_and_clear();
-    match &outcome.stop {
-        StopReason::Completed => eprintln!("Training completed: {} steps in {:.1} s", outcome.steps.len(), outcome.seconds),
-        StopReason::Cancelled { after_step } => eprintln!("Training cancelled after step {after_step}"),
-        StopReason::NonFiniteLoss { step } => eprintln!(
-            "warning: the loss at step {step} was not finite (NaN or infinite); training stopped and its update was not applied"
-        ),
-    }
-    print_comparison(&outcome);
-
-    let prompts = Prompts::choose(&cfg.prompts, &folder);
-    let max_seq_length = cfg
-        .eval_max_seq_len
-        .or(folder.sentence.max_seq_length)
-        .unwrap_or(cfg.max_seq_len);
-    let settings = SaveSettings {
-        max_seq_length,
-        prompts,
-        model_card: model_card(&source.label(), args, &cfg, &outcome),
+    let mut on_download = |p: crate::core::model::DownloadProgress| {
+        bar.set_message(format!("downloading {}", p.file));
+        bar.set_length(p.total_bytes as u64);
+        bar.set_position(p.done_bytes as u64);
     };
-    save_model_folder(
-        &args.out,
-        &folder,
-        &checkpoint,
-        &outcome.best_weights,
-        &settings,
-        &mut |_| {},
-    )
-    .with_context(|| format!("cannot save the model to {}", args.out.display()))?;
+    let trained = fine_tune(&request, &mut on_download, &ctx)?;
+    bar.finish_and_clear();
+    let outcome = &trained.outcome;
     eprintln!(
-        "Saved the best checkpoint (step {}) to {}",
-        outcome.best_step,
-        args.out.display()
+        "Training {} ({:.1} s)",
+        stop_summary(outcome),
+        outcome.seconds
     );
+    print_comparison(outcome);
+    trained
+        .save(&args.out)
+        .with_context(|| format!("cannot save the model to {}", args.out.display()))?;
+    eprintln!("Saved to {}", args.out.display());
 
     if let Some(path) = &args.json {
         let log = serde_json::json!({
-            "model": source.label(),
+            "model": request.source.label(),
             "data": args.data.display().to_string(),
             "val": args.val.as_ref().map(|p| p.display().to_string()),
             "config": cfg,
@@ -196,45 +192,4 @@ fn print_comparison(outcome: &TrainOutcome) {
         };
         println!("{key:<22} {a:>10.4} {b:>10.4} {:>+9.4} {mark}", b - a);
     }
-}
-
-fn model_card(
-    base: &str,
-    args: &super::FinetuneArgs,
-    cfg: &TrainConfig,
-    outcome: &TrainOutcome,
-) -> String {
-    let mut s = String::new();
-    s.push_str(&format!("---\nbase_model: {base}\nlibrary_name: sentence-transformers\ntags:\n- sentence-transformers\n- sentence-similarity\n- tripletlab\n---\n\n"));
-    s.push_str(&format!(
-        "# Fine-tuned {base}\n\nTrained with tripletlab {} on `{}`.\n\n",
-        env!("CARGO_PKG_VERSION"),
-        args.data.display()
-    ));
-    s.push_str("## Training\n\n");
-    s.push_str(&format!(
-        "- loss: `{}`\n- epochs: {}, batch size: {}, learning rate: {}, warm-up ratio: {}, weight decay: {}\n- max grad norm: {}, max sequence length: {}, seed: {}\n- training triplets: {}, validation triplets: {} ({})\n- steps: {} of {} ({:?}), {:.1} s\n- saved checkpoint: step {} (best validation {BEST_METRIC})\n\n",
-        cfg.loss.name(), cfg.epochs, cfg.batch_size, cfg.lr, cfg.warmup_ratio, cfg.weight_decay,
-        cfg.max_grad_norm, cfg.max_seq_len, cfg.seed, outcome.train_triplets, outcome.val_triplets,
-        args.val.as_ref().map(|p| format!("file `{}`", p.display())).unwrap_or_else(|| format!("{:.0} % of the queries held out", cfg.val_split * 100.0)),
-        outcome.steps.len(), outcome.total_steps, outcome.stop, outcome.seconds, outcome.best_step,
-    ));
-    s.push_str("## Validation\n\n| metric | zero-shot | saved |\n| --- | ---: | ---: |\n");
-    let (before, best) = (&outcome.zero_shot().metrics, &outcome.best().metrics);
-    for key in metric_keys() {
-        if let (Some(a), Some(b)) = (before.get(&key), best.get(&key)) {
-            s.push_str(&format!("| `{key}` | {a:.4} | {b:.4} |\n"));
-        }
-    }
-    s.push_str(
-        "\n## Training log\n\n| step | loss | lr | grad norm |\n| ---: | ---: | ---: | ---: |\n",
-    );
-    for p in &outcome.steps {
-        s.push_str(&format!(
-            "| {} | {:.4} | {:.3e} | {:.3} |\n",
-            p.step, p.loss, p.lr, p.grad_norm
-        ));
-    }
-    s.push_str("\n## Usage\n\n```python\nfrom sentence_transformers import SentenceTransformer\nmodel = SentenceTransformer(\"path/to/this/folder\")\n```\n");
-    s
 }

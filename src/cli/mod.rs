@@ -47,7 +47,7 @@ pub enum Command {
 
 /// Says on stderr when the model's products run on the built-in GEMM, and how to get the fast path.
 fn note_builtin_gemm() {
-    if crate::core::model::blas::is_builtin() {
+    if crate::core::backend::cpu::blas::is_builtin() {
         eprintln!(
             "Note: no system BLAS in use, matrix products run on the built-in GEMM (install \
              OpenBLAS, e.g. `apt-get install libopenblas0-pthread`, for about twice the speed)"

@@ -1,10 +1,13 @@
-//! Everything that computes: data, model, encoder, metrics, cache, jobs, reports. No UI crate
-//! (egui, eframe, rfd, clap) may be used below this module.
+//! Everything that computes: data, model folders, backends, encoder, metrics, training, cache,
+//! jobs, reports, and the pipelines that combine them. No UI crate (egui, eframe, rfd, clap) may be
+//! used below this module.
 
+pub mod backend;
 pub mod cache;
 pub mod data;
 pub mod embeddings;
 pub mod encoder;
+pub mod files;
 pub mod jobs;
 pub mod metrics;
 pub mod model;

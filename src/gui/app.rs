@@ -15,12 +15,11 @@ use crate::core::data::{load_triplets, DataError, DataStats, Dataset, TextSearch
 use crate::core::encoder::{EncodeError, EncoderOptions, PromptChoice};
 use crate::core::jobs::{self, JobEvent, JobHandle, Outcome, Progress, Update};
 use crate::core::metrics::Flip;
-use crate::core::model::save::{save_model_folder, SaveSettings};
-use crate::core::model::{resolve_source, Checkpoint, ModelSource, DEFAULT_MODEL};
-use crate::core::pipeline::{evaluate_model, Evaluation};
-use crate::core::train::{
-    self, split_by_query, EvalPoint, LossKind, StepPoint, StopReason, TrainConfig, TrainEvent,
+use crate::core::model::{ModelSource, DEFAULT_MODEL};
+use crate::core::pipeline::{
+    evaluate_model, fine_tune, Evaluation, FineTuneRequest, FineTuned, Validation,
 };
+use crate::core::train::{EvalPoint, LossKind, StepPoint, StopReason, TrainConfig, TrainEvent};
 
 use super::panels;
 
@@ -292,20 +291,7 @@ pub struct FineTuneResult {
 }
 
 /// A trained model that is not saved yet.
-pub struct TrainedModel {
-    folder: crate::core::model::ModelFolder,
-    checkpoint: Checkpoint,
-    weights: std::collections::HashMap<String, candle_core::Tensor>,
-    settings: SaveSettings,
-    stop: StopReason,
-    best_step: usize,
-}
-
-impl std::fmt::Debug for TrainedModel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TrainedModel(best step {})", self.best_step)
-    }
-}
+pub type TrainedModel = FineTuned;
 
 /// Saves a trained model to `out` and embeds the dataset with it; a failed save hands the model
 /// back so nothing is lost.
@@ -318,15 +304,8 @@ fn save_and_embed(
     exiting: &AtomicBool,
     ctx: &jobs::JobCtx<'_, TrainEvent>,
 ) -> Result<FineTuneResult, String> {
-    let (stop, best_step) = (model.stop.clone(), model.best_step);
-    if let Err(e) = save_model_folder(
-        out,
-        &model.folder,
-        &model.checkpoint,
-        &model.weights,
-        &model.settings,
-        &mut |_| {},
-    ) {
+    let (stop, best_step) = (model.outcome.stop.clone(), model.outcome.best_step);
+    if let Err(e) = model.save(out) {
         return Ok(FineTuneResult {
             stop,
             best_step,
@@ -625,14 +604,7 @@ impl App {
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
             let dir = self.recovery_dir.join(format!("fine-tuned-{stamp}"));
-            match save_model_folder(
-                &dir,
-                &model.folder,
-                &model.checkpoint,
-                &model.weights,
-                &model.settings,
-                &mut |_| {},
-            ) {
+            match model.save(&dir) {
                 Ok(()) => eprintln!(
                     "tripletlab: the unsaved trained model was saved to {}",
                     dir.display()
@@ -1163,39 +1135,26 @@ impl App {
             "fine-tune",
             self.wake(),
             move |ctx| -> Result<FineTuneResult, String> {
-                let folder = resolve_source(&source, &mut |_| {}).map_err(|e| format!("{e:#}"))?;
-                let checkpoint = Checkpoint::read(&folder).map_err(|e| format!("{e:#}"))?;
-                let (train_set, val_set) = split_by_query(&data.triplets, cfg.val_split, cfg.seed);
-                let outcome = train::train(&folder, &checkpoint, &train_set, &val_set, &cfg, ctx)
-                    .map_err(|e| format!("{e:#}"))?;
-                if exiting.load(Ordering::SeqCst) && outcome.steps.is_empty() {
+                let request = FineTuneRequest {
+                    source,
+                    data_path: &data.path,
+                    triplets: &data.triplets,
+                    validation: Validation::Split {
+                        share: cfg.val_split,
+                    },
+                    cfg,
+                };
+                let trained = fine_tune(&request, &mut |_| {}, ctx)
+                    .map_err(|e| crate::core::error_message(&e))?;
+                if exiting.load(Ordering::SeqCst) && trained.outcome.steps.is_empty() {
                     return Err("the app closed before the first training step".into());
                 }
-                if matches!(outcome.stop, StopReason::Cancelled { .. }) {
+                if matches!(trained.outcome.stop, StopReason::Cancelled { .. }) {
                     // Stop ended training; the best checkpoint is still saved and embedded, and a
                     // second Stop cancels that.
                     ctx.cancel_token().reset();
                 }
-                let settings = SaveSettings {
-                max_seq_length: cfg.eval_max_seq_len.or(folder.sentence.max_seq_length).unwrap_or(cfg.max_seq_len),
-                prompts: crate::core::encoder::Prompts::choose(&cfg.prompts, &folder),
-                model_card: format!(
-                    "# Fine-tuned {}\n\nTrained by tripletlab on `{}` with `{}` ({} steps, best validation step {}).\n",
-                    source.label(),
-                    data.path.display(),
-                    cfg.loss.name(),
-                    outcome.steps.len(),
-                    outcome.best_step
-                ),
-            };
-                let model = Arc::new(TrainedModel {
-                    folder,
-                    checkpoint,
-                    weights: outcome.best_weights,
-                    settings,
-                    stop: outcome.stop,
-                    best_step: outcome.best_step,
-                });
+                let model = Arc::new(trained);
                 save_and_embed(model, &out, &opts, &data, cache.as_ref(), &exiting, ctx)
             },
         );

@@ -345,7 +345,11 @@ fn closing_the_window_during_fine_tuning_saves_the_best_weights() {
     assert!(took < Duration::from_secs(30), "closing took {took:?}");
     assert!(!h.state().is_running(tripletlab::gui::JobKind::FineTune));
     let card = std::fs::read_to_string(out.join("README.md")).expect("no model was saved");
-    assert!(card.contains("best validation step"), "{card}");
+    assert!(
+        card.contains("library_name: sentence-transformers")
+            && card.contains("saved checkpoint: step"),
+        "{card}"
+    );
     tripletlab::core::model::ModelFolder::open(&out, "saved").unwrap();
     assert!(!recovery.exists(), "nothing was unsaved");
 }

@@ -1,5 +1,6 @@
 //! Integration tests: one binary (candle links once) with a module per area.
 
+mod architectures;
 mod bad_inputs;
 mod cli;
 mod common;
@@ -10,5 +11,6 @@ mod metrics_reference;
 mod model_folders;
 mod processes;
 mod real_model;
+mod st_formats;
 mod tiny_encoder;
 mod training;

@@ -71,11 +71,11 @@ fn wrong_shapes_architecture_and_pooling() {
 
     let dir = tiny_model(&TinySpec::default());
     edit_json(&dir.path().join("config.json"), |v| {
-        v["model_type"] = "roberta".into()
+        v["model_type"] = "gpt2".into()
     });
     let msg = load_err(dir.path());
     assert!(
-        msg.contains("roberta") && msg.contains("config.json"),
+        msg.contains("gpt2") && msg.contains("config.json") && msg.contains("camembert, mpnet"),
         "{msg}"
     );
 

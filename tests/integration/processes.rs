@@ -39,7 +39,7 @@ fn save_version(folder: &ModelFolder, ck: &Checkpoint, out: &Path, v: u32) {
 fn version_of(out: &Path) -> u32 {
     let folder = ModelFolder::open(out, "saved").unwrap_or_else(|e| panic!("half a folder: {e}"));
     let ck = Checkpoint::read(&folder).unwrap_or_else(|e| panic!("unreadable weights: {e}"));
-    ck.build(&folder).unwrap();
+    tripletlab::core::encoder::cpu_model(&folder, &ck).unwrap();
     let card = std::fs::read_to_string(out.join("README.md")).expect("model card missing");
     let v: u32 = card
         .trim()

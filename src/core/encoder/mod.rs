@@ -1,23 +1,28 @@
-//! Text in, vectors out: tokenizer + our BERT + pooling + prompts + length-sorted batching,
-//! with progress and cancel at every batch. [`embed_triplets`] adds deduplication and the cache.
+//! Text in, vectors out: tokenizer + prompts + truncation + length-sorted batching over an
+//! [`EmbedBackend`], then the folder's Normalize module and truncation, with progress and cancel
+//! at every batch. [`embed_triplets`] adds deduplication and the cache. No network code here:
+//! the backend owns whatever runs the model.
 
-mod prompts;
+mod tokenize;
 mod triplets;
 
-pub use prompts::{PromptChoice, PromptSource, Prompts};
+pub use crate::core::model::prompts::{PromptChoice, PromptSource, Prompts};
+pub use tokenize::TokenCount;
 pub use triplets::{embed_triplets, TripletEmbeddings};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use candle_core::{DType, Device, IndexOp, Tensor};
 use tokenizers::Tokenizer;
 
+use crate::core::backend::cpu::CpuModel;
+use crate::core::backend::{BackendError, Batch, EmbedBackend};
 use crate::core::embeddings::{normalize, Embeddings};
 use crate::core::jobs::{Cancelled, JobCtx, StageClock};
 use crate::core::model::{
-    engine, resolve_source, BertModel, Checkpoint, DownloadProgress, Mode, ModelError, ModelFolder,
-    ModelSource, Pooling,
+    resolve_source, Checkpoint, DownloadProgress, ModelError, ModelFolder, ModelSource, Pooling,
 };
+use tokenize::{load_tokenizer, prompt_length, truncate, Tokenized};
 
 /// Which side of retrieval a text is on; selects the prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -38,7 +43,8 @@ pub struct EncoderOptions {
     pub batch_size: usize,
     /// Which prompts to prepend.
     pub prompts: PromptChoice,
-    /// Keep only the first N dimensions (Matryoshka), then re-normalise.
+    /// Keep only the first N dimensions (Matryoshka), after the Normalize module, as
+    /// sentence-transformers' `truncate_dim`.
     pub truncate_dim: Option<usize>,
 }
 
@@ -65,9 +71,9 @@ pub enum EncodeError {
     /// The tokenizer failed on a text.
     #[error("tokenizing failed: {0}")]
     Tokenize(String),
-    /// A tensor operation failed.
+    /// The backend failed on a batch.
     #[error("model computation failed: {0}")]
-    Compute(#[from] candle_core::Error),
+    Compute(#[from] BackendError),
     /// The job was cancelled.
     #[error("cancelled")]
     Cancelled,
@@ -79,63 +85,22 @@ impl From<Cancelled> for EncodeError {
     }
 }
 
-/// Token count of one text as the model saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct TokenCount {
-    /// Tokens of the full text with special tokens (and prompt), before truncation.
-    pub tokens: usize,
-    /// True when the text was cut at the max length.
-    pub truncated: bool,
-}
-
-/// Cuts a post-processed single-sequence encoding to `max_len` tokens, keeping every special token
-/// (e.g. `[CLS]` and `[SEP]`) and the first content tokens, as the tokenizer's own truncation does.
-fn truncate(ids: &[u32], type_ids: &[u32], special: &[u32], max_len: usize) -> Tokenized {
-    let count = TokenCount {
-        tokens: ids.len(),
-        truncated: ids.len() > max_len,
-    };
-    if !count.truncated {
-        return Tokenized {
-            ids: ids.to_vec(),
-            type_ids: type_ids.to_vec(),
-            count,
-        };
-    }
-    let n_special = special.iter().filter(|&&m| m != 0).count();
-    let mut keep_content = max_len.saturating_sub(n_special);
-    let (mut kept_ids, mut kept_types) = (Vec::with_capacity(max_len), Vec::with_capacity(max_len));
-    for (i, &id) in ids.iter().enumerate() {
-        let is_special = special.get(i).is_some_and(|&m| m != 0);
-        if is_special || keep_content > 0 {
-            if !is_special {
-                keep_content -= 1;
-            }
-            kept_ids.push(id);
-            kept_types.push(type_ids.get(i).copied().unwrap_or(0));
-        }
-    }
-    kept_ids.truncate(max_len);
-    kept_types.truncate(max_len);
-    Tokenized {
-        ids: kept_ids,
-        type_ids: kept_types,
-        count,
-    }
-}
-
-/// Token ids of one text, truncated.
-struct Tokenized {
-    ids: Vec<u32>,
-    type_ids: Vec<u32>,
-    count: TokenCount,
+/// Builds the CPU engine over a checkpoint's tensors; a missing or misshapen tensor is an error
+/// naming the weights file.
+pub fn cpu_model(folder: &ModelFolder, checkpoint: &Checkpoint) -> Result<CpuModel, ModelError> {
+    CpuModel::new(&folder.config, folder.sentence.pooling, &|n| {
+        checkpoint.get(n).cloned()
+    })
+    .map_err(|e| ModelError::Weights {
+        path: folder.weights_path.clone(),
+        message: e.to_string(),
+    })
 }
 
 /// A loaded sentence encoder.
 pub struct Encoder {
-    model: BertModel,
+    backend: Arc<dyn EmbedBackend>,
     tokenizer: Tokenizer,
-    pad_id: u32,
     /// The folder it was loaded from.
     pub folder: ModelFolder,
     /// What the user asked for (hub id or path).
@@ -154,13 +119,14 @@ pub struct Encoder {
     pub prompts: Prompts,
     /// Dimensions kept, if truncated.
     pub truncate_dim: Option<usize>,
+    /// Tokens of the query and document prompts that pooling leaves out (0 unless the folder
+    /// says `include_prompt: false`).
+    prompt_skip: [usize; 2],
     forward_batches: AtomicUsize,
-    /// Buffers of the fast engine, kept between batches.
-    workspace: std::sync::Mutex<engine::Workspace>,
 }
 
 impl Encoder {
-    /// Resolves a source (folder or hub id) and loads it.
+    /// Resolves a source (folder or hub id) and loads it on the CPU engine.
     pub fn load(
         source: &ModelSource,
         opts: &EncoderOptions,
@@ -171,38 +137,28 @@ impl Encoder {
         Self::from_checkpoint(folder, &checkpoint, source.label(), opts)
     }
 
-    /// Builds an encoder from a folder whose checkpoint is already read.
+    /// Builds an encoder on the CPU engine from a folder whose checkpoint is already read.
     pub fn from_checkpoint(
         folder: ModelFolder,
         checkpoint: &Checkpoint,
         source_label: String,
         opts: &EncoderOptions,
     ) -> Result<Self, EncodeError> {
-        let model = checkpoint.build(&folder)?;
-        Self::from_model(
-            folder,
-            model,
-            checkpoint.weights_hash.clone(),
-            source_label,
-            opts,
-        )
+        let model = cpu_model(&folder, checkpoint)?;
+        let hash = checkpoint.weights_hash.clone();
+        Self::from_backend(folder, Arc::new(model), hash, source_label, opts)
     }
 
-    /// Wraps an already built model (e.g. one being trained) with the folder's tokenizer.
-    pub fn from_model(
+    /// Wraps a backend (e.g. the CPU engine over weights being trained) with the folder's
+    /// tokenizer and settings.
+    pub fn from_backend(
         folder: ModelFolder,
-        model: BertModel,
+        backend: Arc<dyn EmbedBackend>,
         weights_hash: String,
         source_label: String,
         opts: &EncoderOptions,
     ) -> Result<Self, EncodeError> {
-        let cfg = &folder.config;
-        let max_positions = cfg.max_position_embeddings;
-        let max_seq_len = opts
-            .max_seq_len
-            .or(folder.sentence.max_seq_length)
-            .unwrap_or(max_positions.min(512))
-            .min(max_positions);
+        let max_seq_len = folder.max_seq_len(opts.max_seq_len);
         if max_seq_len < 3 {
             return Err(EncodeError::InvalidOption(format!(
                 "max sequence length {max_seq_len} is too short (at least 3 tokens)"
@@ -213,35 +169,31 @@ impl Encoder {
                 "batch size must be at least 1".into(),
             ));
         }
-        if let Some(d) = opts.truncate_dim {
-            if d == 0 || d > cfg.hidden_size {
+        let hidden = backend.dim();
+        let truncate_dim = opts.truncate_dim.or(folder.sentence.truncate_dim);
+        if let Some(d) = truncate_dim {
+            if d == 0 || d > hidden {
                 return Err(EncodeError::InvalidOption(format!(
-                    "truncate_dim {d} must be between 1 and the model's dimension {}",
-                    cfg.hidden_size
+                    "truncate_dim {d} must be between 1 and the model's dimension {hidden}"
                 )));
             }
         }
-        let tok_err = |message: String| ModelError::Tokenizer {
-            path: folder.tokenizer_path.clone(),
-            message,
-        };
-        let mut tokenizer =
-            Tokenizer::from_file(&folder.tokenizer_path).map_err(|e| tok_err(e.to_string()))?;
-        // tokenizer.json may carry its own fixed padding and truncation (all-MiniLM-L6-v2 has
-        // 128): sentence-transformers ignores them, so do we. We truncate ourselves, after
-        // counting the full length (the tokenizer's overflow does not give it reliably).
-        tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(None)
-            .map_err(|e| tok_err(e.to_string()))?;
-        let pad_id = tokenizer
-            .token_to_id("[PAD]")
-            .unwrap_or(cfg.pad_token_id as u32);
+        let tokenizer = load_tokenizer(&folder)?;
         let prompts = Prompts::choose(&opts.prompts, &folder);
+        let prompt_skip = if folder.sentence.include_prompt {
+            [0, 0]
+        } else {
+            let len = |p: &str| {
+                prompt_length(&tokenizer, p).map_err(|message| ModelError::Tokenizer {
+                    path: folder.tokenizer_path.clone(),
+                    message,
+                })
+            };
+            [len(&prompts.query)?, len(&prompts.document)?]
+        };
         Ok(Self {
-            model,
+            backend,
             tokenizer,
-            pad_id,
             pooling: folder.sentence.pooling,
             normalize: folder.sentence.normalize,
             folder,
@@ -250,20 +202,20 @@ impl Encoder {
             max_seq_len,
             batch_size: opts.batch_size,
             prompts,
-            truncate_dim: opts.truncate_dim,
+            truncate_dim,
+            prompt_skip,
             forward_batches: AtomicUsize::new(0),
-            workspace: Default::default(),
         })
     }
 
     /// Length of the output vectors.
     pub fn dim(&self) -> usize {
-        self.truncate_dim.unwrap_or(self.model.config.hidden_size)
+        self.truncate_dim.unwrap_or(self.backend.dim())
     }
 
-    /// The model (for training and saving).
-    pub fn model(&self) -> &BertModel {
-        &self.model
+    /// What runs the model.
+    pub fn backend_description(&self) -> String {
+        self.backend.describe()
     }
 
     /// Number of forward passes run so far (tests use it to prove cache hits).
@@ -282,11 +234,16 @@ impl Encoder {
     /// A hash of every setting that changes a vector besides the text itself.
     pub fn settings_key(&self, role: Role) -> [u8; 32] {
         let mut h = blake3::Hasher::new();
-        h.update(b"tripletlab-embedding-v2\0");
+        h.update(b"tripletlab-embedding-v3\0");
         h.update(self.weights_hash.as_bytes());
         h.update(&[0]);
         h.update(self.pooling.name().as_bytes());
-        h.update(&[self.normalize as u8, 0]);
+        h.update(&[
+            self.normalize as u8,
+            self.folder.sentence.include_prompt as u8,
+            self.folder.sentence.do_lower_case as u8,
+            0,
+        ]);
         h.update(self.prompt(role).as_bytes());
         h.update(&[0]);
         h.update(&(self.max_seq_len as u64).to_le_bytes());
@@ -357,7 +314,7 @@ impl Encoder {
         for batch in order.chunks(self.batch_size) {
             ctx.check_cancel()?;
             let rows: Vec<&Tokenized> = batch.iter().map(|&i| &tokenized[i]).collect();
-            let pooled = self.forward_pooled(&rows)?;
+            let pooled = self.forward_pooled(&rows, role)?;
             for (&i, v) in batch.iter().zip(pooled.chunks(dim)) {
                 data[i * dim..(i + 1) * dim].copy_from_slice(v);
             }
@@ -368,118 +325,52 @@ impl Encoder {
         Ok((Embeddings::from_vec(dim, data), counts))
     }
 
-    /// One padded batch through the model and pooling; returns `rows * dim` floats.
-    fn forward_pooled(&self, rows: &[&Tokenized]) -> Result<Vec<f32>, EncodeError> {
-        let batch = self.batch(rows);
-        let h = self.model.config.hidden_size;
-        let pooled = engine::with_params(&self.model, |p| {
-            // One encoder embeds on one thread at a time; a poisoned lock only means an earlier
-            // batch panicked, and the buffers are overwritten anyway.
-            let mut ws = self
-                .workspace
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let states = engine::infer(p, &batch, &mut ws)?;
-            Ok::<_, String>(engine::pool(states, &batch.lens, h, self.pooling))
-        })?
-        .map_err(candle_core::Error::Msg)?;
+    /// One batch through the backend, the Normalize module and truncation; returns
+    /// `rows * dim` floats.
+    fn forward_pooled(&self, rows: &[&Tokenized], role: Role) -> Result<Vec<f32>, EncodeError> {
+        let batch = self.batch(rows, role);
+        let h = self.backend.dim();
+        let mut pooled = self.backend.embed(&batch)?;
         self.forward_batches.fetch_add(1, Ordering::Relaxed);
+        if self.normalize {
+            pooled.chunks_mut(h).for_each(normalize);
+        }
         let dim = self.dim();
-        let mut out: Vec<f32> = if dim == h {
+        // sentence-transformers' truncate_dim: the first components after every module, not
+        // normalised again (cosine scores do not change either way).
+        Ok(if dim == h {
             pooled
         } else {
             pooled
                 .chunks(h)
                 .flat_map(|v| v[..dim].iter().copied())
                 .collect()
-        };
-        // Matryoshka truncation re-normalises even when the folder has no Normalize module.
-        if self.normalize || self.truncate_dim.is_some() {
-            out.chunks_mut(dim).for_each(normalize);
-        }
-        Ok(out)
-    }
-
-    /// Pooled vectors of texts as a tensor (b, dim) with the autograd graph kept, for training.
-    /// Normalised when the folder has a Normalize module, as sentence-transformers' model output.
-    pub fn forward_train(
-        &self,
-        texts: &[&str],
-        role: Role,
-        mode: &mut Mode,
-    ) -> Result<Tensor, EncodeError> {
-        let emit = |_: crate::core::jobs::Update<()>| {};
-        let ctx = JobCtx::new(crate::core::jobs::CancelToken::new(), &emit);
-        let tokenized = self.tokenize(texts, role, &ctx)?;
-        let rows: Vec<&Tokenized> = tokenized.iter().collect();
-        let (ids, type_ids, mask) = self.pad(&rows)?;
-        let states = self.model.forward(&ids, &type_ids, &mask, mode)?;
-        let pooled = pool(&states, &mask, self.pooling)?;
-        Ok(if self.normalize {
-            l2_normalize(&pooled)?
-        } else {
-            pooled
         })
     }
 
-    /// A batch of tokenized texts for the engine (packed, no padding).
-    fn batch(&self, rows: &[&Tokenized]) -> engine::Batch {
-        engine::Batch {
+    /// A batch of tokenized texts for a backend (packed, no padding).
+    fn batch(&self, rows: &[&Tokenized], role: Role) -> Batch {
+        let skip = self.prompt_skip[role as usize];
+        Batch {
             ids: rows.iter().flat_map(|r| r.ids.iter().copied()).collect(),
             type_ids: rows
                 .iter()
                 .flat_map(|r| r.type_ids.iter().copied())
                 .collect(),
             lens: rows.iter().map(|r| r.ids.len()).collect(),
+            pool_skip: if skip == 0 {
+                Vec::new()
+            } else {
+                vec![skip; rows.len()]
+            },
         }
     }
 
-    /// Tokenized texts with the role's prompt, for the training engine.
-    pub fn prepare(&self, texts: &[&str], role: Role) -> Result<engine::Batch, EncodeError> {
+    /// Tokenized texts with the role's prompt, as a packed batch (for training).
+    pub fn prepare(&self, texts: &[&str], role: Role) -> Result<Batch, EncodeError> {
         let emit = |_: crate::core::jobs::Update<()>| {};
         let ctx = JobCtx::new(crate::core::jobs::CancelToken::new(), &emit);
         let tokenized = self.tokenize(texts, role, &ctx)?;
-        Ok(self.batch(&tokenized.iter().collect::<Vec<_>>()))
-    }
-
-    /// A batch right-padded as tensors: ids, type ids, attention mask, each (b, s) u32.
-    fn pad(&self, rows: &[&Tokenized]) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-        let (ids, types, mask, seq) = self.batch(rows).padded(self.pad_id);
-        let dev = Device::Cpu;
-        let shape = (rows.len(), seq);
-        Ok((
-            Tensor::from_vec(ids, shape, &dev)?,
-            Tensor::from_vec(types, shape, &dev)?,
-            Tensor::from_vec(mask, shape, &dev)?,
-        ))
-    }
-}
-
-/// Differentiable row-wise L2 normalisation of (b, h), with torch's epsilon of 1e-12.
-pub fn l2_normalize(xs: &Tensor) -> candle_core::Result<Tensor> {
-    let norm = xs.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-    xs.broadcast_div(&norm)
-}
-
-/// Pools token states (b, s, h) under an attention mask (b, s) into (b, h); padding never counts.
-pub fn pool(states: &Tensor, mask: &Tensor, pooling: Pooling) -> candle_core::Result<Tensor> {
-    let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (b, s, 1)
-    match pooling {
-        Pooling::Cls => states.i((.., 0))?.contiguous(),
-        Pooling::Mean | Pooling::MeanSqrtLen => {
-            let sum = states.broadcast_mul(&mask)?.sum(1)?; // (b, h)
-            let count = mask.sum(1)?.clamp(1e-9, f64::MAX)?; // (b, 1)
-            let count = if pooling == Pooling::MeanSqrtLen {
-                count.sqrt()?
-            } else {
-                count
-            };
-            sum.broadcast_div(&count)
-        }
-        Pooling::Max => {
-            // Padding gets -1e9 so it never wins, as sentence-transformers does.
-            let penalty = ((mask.clone() - 1.0)? * 1e9)?;
-            states.broadcast_add(&penalty)?.max(1)
-        }
+        Ok(self.batch(&tokenized.iter().collect::<Vec<_>>(), role))
     }
 }

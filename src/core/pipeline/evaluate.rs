@@ -1,4 +1,4 @@
-//! The whole evaluation of one model on one triplet set, as the GUI and the CLI run it: load the
+//! Evaluating one model on one triplet set, as the GUI and the CLI run it: load the
 //! encoder, embed (through the cache), build the retrieval index, compute the metrics, and lay out
 //! the normalised vectors the heatmap windows read.
 

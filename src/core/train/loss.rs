@@ -3,8 +3,6 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
-use crate::core::encoder::l2_normalize;
-
 /// MultipleNegativesRankingLoss: cross-entropy over `scale`·cos(a_i, c_j) against every candidate
 /// c = [positives; negatives], the target of row i being positive i.
 pub fn mnrl(
@@ -43,4 +41,10 @@ pub fn triplet(a: &Tensor, p: &Tensor, n: &Tensor, margin: f64) -> Result<Tensor
         ((x - y)? + 1e-6)?.sqr()?.sum(D::Minus1)?.sqrt()
     };
     ((dist(a, p)? - dist(a, n)?)? + margin)?.relu()?.mean_all()
+}
+
+/// Differentiable row-wise L2 normalisation of (b, h), with torch's epsilon of 1e-12.
+pub fn l2_normalize(xs: &Tensor) -> Result<Tensor> {
+    let norm = xs.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    xs.broadcast_div(&norm)
 }

@@ -1,27 +1,32 @@
-//! Fine-tuning: our BERT's weights in a `VarMap`, AdamW with linear warm-up and decay, gradient
-//! clipping, seeded dropout, validation before/during/after training, the best checkpoint by
-//! validation nDCG@10, and events for the GUI and CLI. Cancel and non-finite losses stop cleanly.
+//! Fine-tuning on a [`TrainBackend`] (the CPU engine over the model's parameters as variables):
+//! sentence-transformers' losses, AdamW with linear warm-up and decay, gradient clipping, seeded
+//! dropout, validation before/during/after training, the best checkpoint by validation nDCG@10,
+//! and events for the GUI and CLI. Cancel and non-finite losses stop cleanly.
 
 pub mod loss;
 mod optim;
 mod sampler;
+mod step;
+mod weights;
 
 pub use sampler::{linear_lr, no_duplicate_batches, shuffled_batches, split_by_query};
+pub use weights::Trainable;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::Tensor;
 use rand::SeedableRng;
 
+use crate::core::backend::{BackendError, TrainBackend};
 use crate::core::data::Triplet;
-use crate::core::encoder::{
-    embed_triplets, l2_normalize, EncodeError, Encoder, EncoderOptions, PromptChoice, Role,
-};
+use crate::core::encoder::{embed_triplets, EncodeError, Encoder, EncoderOptions, PromptChoice};
 use crate::core::jobs::{JobCtx, StageClock};
 use crate::core::metrics::{evaluate, RetrievalIndex};
-use crate::core::model::{engine, BertModel, Checkpoint, DropoutRng, ModelFolder};
+use crate::core::model::{Checkpoint, ModelFolder};
+use step::{clip_gradients, forward_backward, plan_batches};
+use weights::SeededDropout;
 
 /// Which loss to train with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -224,6 +229,9 @@ pub enum TrainError {
     /// A tensor operation failed.
     #[error("training computation failed: {0}")]
     Compute(#[from] candle_core::Error),
+    /// The backend failed on a batch.
+    #[error("training computation failed: {0}")]
+    Backend(#[from] BackendError),
     /// A setting is out of range.
     #[error("{0}")]
     InvalidConfig(String),
@@ -231,307 +239,6 @@ pub enum TrainError {
 
 /// Metric that picks the best checkpoint.
 pub const BEST_METRIC: &str = "cosine_ndcg@10";
-
-/// Dropout masks from a seeded generator.
-struct SeededDropout(rand::rngs::SmallRng);
-
-impl DropoutRng for SeededDropout {
-    /// Blocks of the mask are drawn in parallel, each from a generator seeded by one draw of
-    /// this one and the block's index: the same masks on any number of threads.
-    fn fill(&mut self, out: &mut [f32], p: f32) {
-        use rand::RngCore;
-        use rayon::prelude::*;
-        const BLOCK: usize = 1 << 16;
-        let scale = 1.0 / (1.0 - p);
-        // Two 32-bit draws per 64-bit word; drop when the draw is below p * 2^32.
-        let threshold = (p as f64 * 4294967296.0) as u64;
-        let seed = self.0.next_u64();
-        out.par_chunks_mut(BLOCK)
-            .enumerate()
-            .for_each(|(i, block)| {
-                let mut rng = rand::rngs::SmallRng::seed_from_u64(
-                    seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                );
-                for pair in block.chunks_mut(2) {
-                    let r = rng.next_u64();
-                    for (o, half) in pair.iter_mut().zip([r & 0xFFFF_FFFF, r >> 32]) {
-                        *o = if half < threshold { 0.0 } else { scale };
-                    }
-                }
-            });
-    }
-}
-
-/// The model's trainable weights, shared by every `BertModel` built from them.
-pub struct Trainable {
-    varmap: VarMap,
-    config: crate::core::model::BertConfig,
-}
-
-impl Trainable {
-    /// Copies the encoder's float tensors of a checkpoint into variables.
-    pub fn new(folder: &ModelFolder, checkpoint: &Checkpoint) -> Result<Self, TrainError> {
-        let varmap = VarMap::new();
-        {
-            let mut data = varmap
-                .data()
-                .lock()
-                .map_err(|_| TrainError::InvalidConfig("poisoned lock".into()))?;
-            for (name, t) in &checkpoint.tensors {
-                let Some(local) = name.strip_prefix(&checkpoint.prefix) else {
-                    continue;
-                };
-                if !t.dtype().is_float() || local.starts_with("pooler.") {
-                    continue;
-                }
-                data.insert(
-                    local.to_string(),
-                    Var::from_tensor(&t.to_dtype(DType::F32)?)?,
-                );
-            }
-        }
-        let this = Self {
-            varmap,
-            config: folder.config.clone(),
-        };
-        let before = this.vars().len();
-        this.model()?;
-        if this.vars().len() != before {
-            return Err(TrainError::InvalidConfig(format!(
-                "{} lacks tensors the model needs",
-                folder.weights_path.display()
-            )));
-        }
-        Ok(this)
-    }
-
-    /// A model over these variables (builds are cheap: tensors are shared).
-    pub fn model(&self) -> Result<BertModel, TrainError> {
-        let vb = VarBuilder::from_varmap(&self.varmap, DType::F32, &Device::Cpu);
-        Ok(BertModel::load(vb, &self.config)?)
-    }
-
-    /// The variables behind each of `model.tensors()`, in that order.
-    fn vars_in_model_order(&self, model: &BertModel) -> Result<Vec<Var>, TrainError> {
-        let by_id: HashMap<_, Var> = self
-            .vars()
-            .into_iter()
-            .map(|(_, v)| (v.as_tensor().id(), v))
-            .collect();
-        model
-            .tensors()
-            .iter()
-            .map(|t| {
-                by_id.get(&t.id()).cloned().ok_or_else(|| {
-                    TrainError::InvalidConfig("a model weight is not a trainable variable".into())
-                })
-            })
-            .collect()
-    }
-
-    /// Every variable with its name.
-    pub fn vars(&self) -> Vec<(String, Var)> {
-        let data = self.varmap.data().lock().expect("varmap lock");
-        let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    }
-
-    /// A deep copy of the current weights.
-    pub fn snapshot(&self) -> Result<HashMap<String, Tensor>, TrainError> {
-        self.vars()
-            .into_iter()
-            .map(|(k, v)| Ok((k, v.as_tensor().copy()?.detach())))
-            .collect()
-    }
-
-    /// Sets the weights back to a snapshot.
-    pub fn restore(&self, snapshot: &HashMap<String, Tensor>) -> Result<(), TrainError> {
-        for (k, v) in self.vars() {
-            if let Some(t) = snapshot.get(&k) {
-                v.set(t)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// One batch: the texts of each column and, for contrastive pairs, the labels.
-struct Batch<'a> {
-    anchors: Vec<&'a str>,
-    /// Positives (mnrl, triplet) or the pair's other text (contrastive).
-    others: Vec<&'a str>,
-    negatives: Vec<&'a str>,
-    labels: Vec<f32>,
-}
-
-fn plan_batches<'a>(train: &'a [Triplet], cfg: &TrainConfig) -> Vec<Batch<'a>> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
-    let mut out = Vec::new();
-    for _ in 0..cfg.epochs {
-        match cfg.loss {
-            LossKind::Mnrl | LossKind::Triplet => {
-                let batches = if cfg.loss == LossKind::Mnrl {
-                    no_duplicate_batches(train, cfg.batch_size, &mut rng)
-                } else {
-                    shuffled_batches(train.len(), cfg.batch_size, &mut rng)
-                };
-                out.extend(batches.into_iter().map(|b| Batch {
-                    anchors: b.iter().map(|&i| train[i].query.as_str()).collect(),
-                    others: b.iter().map(|&i| train[i].pos.as_str()).collect(),
-                    negatives: b.iter().map(|&i| train[i].negative.as_str()).collect(),
-                    labels: Vec::new(),
-                }));
-            }
-            LossKind::Contrastive => {
-                // Pairs (q, pos, 1) and (q, negative, 0), as the notebook builds them.
-                let pairs: Vec<(&str, &str, f32)> = train
-                    .iter()
-                    .flat_map(|t| {
-                        [
-                            (t.query.as_str(), t.pos.as_str(), 1.0),
-                            (t.query.as_str(), t.negative.as_str(), 0.0),
-                        ]
-                    })
-                    .collect();
-                for b in shuffled_batches(pairs.len(), cfg.batch_size, &mut rng) {
-                    out.push(Batch {
-                        anchors: b.iter().map(|&i| pairs[i].0).collect(),
-                        others: b.iter().map(|&i| pairs[i].1).collect(),
-                        negatives: Vec::new(),
-                        labels: b.iter().map(|&i| pairs[i].2).collect(),
-                    });
-                }
-            }
-        }
-    }
-    out
-}
-
-/// The loss of a batch's pooled (and, as the model outputs them, normalised) vectors: one tensor
-/// per forward pass (anchors, then the other texts).
-fn loss_of(outs: &[Tensor], batch: &Batch, cfg: &TrainConfig) -> Result<Tensor, TrainError> {
-    let [a, d] = outs else {
-        return Err(TrainError::InvalidConfig(
-            "a batch has two forward passes".into(),
-        ));
-    };
-    Ok(match cfg.loss {
-        LossKind::Contrastive => {
-            let labels = Tensor::new(batch.labels.as_slice(), &Device::Cpu)?;
-            loss::contrastive(a, d, &labels, cfg.contrastive_margin)?
-        }
-        LossKind::Mnrl | LossKind::Triplet => {
-            let n = batch.others.len();
-            let (p, neg) = (d.narrow(0, 0, n)?, d.narrow(0, n, n)?);
-            if cfg.loss == LossKind::Mnrl {
-                loss::mnrl(a, &p, Some(&neg), cfg.mnrl_scale)?
-            } else {
-                loss::triplet(a, &p, &neg, cfg.triplet_margin)?
-            }
-        }
-    })
-}
-
-/// The two forward passes of a batch: anchors (as queries), and the other texts as documents
-/// (positives and negatives in one pass: they have similar lengths).
-fn batch_inputs(enc: &Encoder, batch: &Batch) -> Result<[engine::Batch; 2], TrainError> {
-    let docs: Vec<&str> = batch
-        .others
-        .iter()
-        .chain(&batch.negatives)
-        .copied()
-        .collect();
-    Ok([
-        enc.prepare(&batch.anchors, Role::Query)?,
-        enc.prepare(&docs, Role::Document)?,
-    ])
-}
-
-/// What one step's forward and backward passes produced.
-struct StepResult {
-    loss: f64,
-    /// Seconds spent in the forward passes and the loss.
-    forward_secs: f64,
-}
-
-/// Forward passes, loss and backward passes of one batch on the fast engine; the gradients are
-/// added to `grads`. A non-finite loss returns before the backward pass.
-fn forward_backward(
-    model: &BertModel,
-    enc: &Encoder,
-    batch: &Batch,
-    cfg: &TrainConfig,
-    rng: &mut dyn DropoutRng,
-    tapes: &mut [engine::Tape; 2],
-    grads: &mut engine::Grads,
-) -> Result<StepResult, TrainError> {
-    let start = Instant::now();
-    let inputs = batch_inputs(enc, batch)?;
-    let h = model.config.hidden_size;
-    engine::with_params(model, |p| {
-        for (b, tape) in inputs.iter().zip(tapes.iter_mut()) {
-            engine::forward_train(p, b, rng, tape).map_err(candle_core::Error::Msg)?;
-        }
-        let pooled = tapes
-            .iter()
-            .map(|t| {
-                let v = t.pooled(enc.pooling);
-                let rows = v.len() / h;
-                Var::from_vec(v, (rows, h), &Device::Cpu)
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let outs = pooled
-            .iter()
-            .map(|v| {
-                if enc.normalize {
-                    l2_normalize(v.as_tensor())
-                } else {
-                    Ok(v.as_tensor().clone())
-                }
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let loss = loss_of(&outs, batch, cfg)?;
-        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let forward_secs = start.elapsed().as_secs_f64();
-        if value.is_finite() {
-            let g = loss.backward()?;
-            for (tape, var) in tapes.iter_mut().zip(&pooled).rev() {
-                let d = match g.get(var.as_tensor()) {
-                    Some(d) => d.flatten_all()?.to_vec1::<f32>()?,
-                    None => continue,
-                };
-                engine::backward(p, tape, &d, enc.pooling, grads);
-            }
-        }
-        Ok(StepResult {
-            loss: value,
-            forward_secs,
-        })
-    })?
-}
-
-/// The global gradient norm, and the factor that scales the gradients to a norm of at most
-/// `max_norm` (torch's clip_grad_norm_; 1 when no clipping is needed). The optimizer applies the
-/// factor as it reads the gradients.
-fn clip_gradients(grads: &[Vec<f32>], max_norm: f64) -> (f64, f64) {
-    use rayon::prelude::*;
-    let total: f64 = grads
-        .par_iter()
-        .flat_map(|g| g.par_chunks(1 << 14))
-        .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
-        .sum();
-    let norm = total.sqrt();
-    let scale = max_norm / (norm + 1e-6);
-    (
-        norm,
-        if norm.is_finite() && scale < 1.0 {
-            scale
-        } else {
-            1.0
-        },
-    )
-}
 
 /// Validation metrics of the current weights.
 fn validate(
@@ -582,6 +289,7 @@ pub fn train(
         ));
     }
     let weights = Trainable::new(folder, checkpoint)?;
+    let model = weights.model();
     let label = folder.root.display().to_string();
     let train_opts = EncoderOptions {
         max_seq_len: Some(cfg.max_seq_len),
@@ -596,14 +304,11 @@ pub fn train(
         truncate_dim: None,
     };
     let hash = checkpoint.weights_hash.clone();
-    let train_enc = Encoder::from_model(
-        folder.clone(),
-        weights.model()?,
-        hash.clone(),
-        label.clone(),
-        &train_opts,
-    )?;
-    let eval_enc = Encoder::from_model(folder.clone(), weights.model()?, hash, label, &eval_opts)?;
+    let encoder = |opts: &EncoderOptions| {
+        let backend: Arc<dyn crate::core::backend::EmbedBackend> = model.clone();
+        Encoder::from_backend(folder.clone(), backend, hash.clone(), label.clone(), opts)
+    };
+    let (train_enc, eval_enc) = (encoder(&train_opts)?, encoder(&eval_opts)?);
 
     let batches = plan_batches(train, cfg);
     let total_steps = batches.len();
@@ -652,11 +357,11 @@ pub fn train(
     let mut best_weights = weights.snapshot()?;
     evals.push(point);
 
-    // The model over the variables: the engine reads their current values in place.
-    let model = weights.model()?;
-    let vars = weights.vars_in_model_order(&model)?;
-    let mut grads = engine::Grads::new(&model);
-    let mut tapes = [engine::Tape::default(), engine::Tape::default()];
+    // The engine reads the variables' current values in place at every pass.
+    let vars: Vec<candle_core::Var> = weights.vars().iter().map(|(_, v)| v.clone()).collect();
+    let mut grads = model.new_gradients();
+    let mut tapes: [<crate::core::backend::cpu::CpuModel as TrainBackend>::Tape; 2] =
+        Default::default();
     let params = optim::AdamWParams {
         lr: cfg.lr,
         beta1: 0.9,
@@ -680,7 +385,7 @@ pub fn train(
         opt.set_learning_rate(lr);
         grads.zero();
         let result = forward_backward(
-            &model,
+            model.as_ref(),
             &train_enc,
             batch,
             cfg,
@@ -702,7 +407,7 @@ pub fn train(
         opt.step(&grads.t, grad_scale)?;
         let loss_value = result.loss;
         let secs = step_start.elapsed().as_secs_f64();
-        let texts = batch.anchors.len() + batch.others.len() + batch.negatives.len();
+        let texts = batch.texts();
         let point = StepPoint {
             step: i + 1,
             epoch: (i + 1) as f64 / per_epoch,

@@ -76,7 +76,7 @@ pub fn show(app: &mut App, ui: &mut egui::Ui) {
             "In use: {} tokens, prompts {:?} (query {:?}, document {:?})",
             e.max_seq_len, e.prompts.source, e.prompts.query, e.prompts.document
         ));
-        if let Some(backend) = crate::core::model::blas::backend_if_chosen() {
+        if let Some(backend) = crate::core::backend::cpu::blas::backend_if_chosen() {
             ui.weak(format!("Matrix products: {backend}"));
         }
     }

@@ -1,27 +1,17 @@
-//! Our BERT encoder in candle, with a train-aware forward: dropout and a differentiable layer norm
-//! when `train` is true, fused kernels when it is false. Tensor names follow the Hugging Face
-//! checkpoint (`embeddings.word_embeddings.weight`, `encoder.layer.N.attention.self.query.weight`,
-//! ...) so the same tensor map can be written back.
+//! The reference encoder as plain candle operations with autograd: BERT, the RoBERTa family and
+//! MPNet, written from transformers' modelling code with the checkpoints' own tensor names (its
+//! own spelling of them, independent of the CPU engine's `arch/`). Dropout acts in training and
+//! is off in inference; every operation has candle's backward pass (its generic softmax, the
+//! slow layer norm, `gelu_erf`, matmul, index_select), so the engine's hand-written gradients
+//! can be checked against it.
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::config::{BertConfig, HiddenAct};
+use crate::core::backend::DropoutRng;
+use crate::core::model::{Arch, HiddenAct, ModelConfig};
 
-/// Source of dropout masks; training passes a seeded one, inference none.
-pub trait DropoutRng {
-    /// Fills `out` with a keep-mask scaled by 1/(1-p).
-    fn fill(&mut self, out: &mut [f32], p: f32);
-
-    /// A keep-mask scaled by 1/(1-p), of `n` elements.
-    fn mask(&mut self, n: usize, p: f32) -> Vec<f32> {
-        let mut out = vec![0f32; n];
-        self.fill(&mut out, p);
-        out
-    }
-}
-
-/// How a forward pass runs: eval (no dropout, fused kernels) or train (dropout, autograd-safe ops).
+/// How a forward pass runs: inference (no dropout) or training (dropout from the given source).
 pub enum Mode<'a> {
     /// Inference.
     Eval,
@@ -30,33 +20,18 @@ pub enum Mode<'a> {
 }
 
 impl Mode<'_> {
-    fn is_train(&self) -> bool {
-        matches!(self, Mode::Train(_))
-    }
-
-    /// A dropout keep-mask of `n` elements (scaled by 1/(1-p)) in training; none in inference.
-    fn mask(&mut self, n: usize, p: f64) -> Option<Vec<f32>> {
-        match self {
-            Mode::Train(rng) if p > 0.0 => Some(rng.mask(n, p as f32)),
-            _ => None,
-        }
-    }
-
     fn dropout(&mut self, xs: &Tensor, p: f64) -> Result<Tensor> {
         match self {
             Mode::Train(rng) if p > 0.0 => {
                 let mask = rng.mask(xs.elem_count(), p as f32);
-                let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?;
-                xs * mask
+                xs * Tensor::from_vec(mask, xs.shape(), xs.device())?
             }
             _ => Ok(xs.clone()),
         }
     }
 }
 
-/// A dense layer that always multiplies 2-D inputs, so the backward pass never materialises a
-/// per-batch weight gradient.
-#[derive(Debug, Clone)]
+/// `x · wᵀ + b` for x (n, in).
 struct Linear {
     weight: Tensor,
     bias: Tensor,
@@ -70,13 +45,11 @@ impl Linear {
         })
     }
 
-    /// xs: (n, in_dim) -> (n, out_dim).
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        super::matmul::linear(xs, &self.weight, &self.bias)
+        xs.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
     }
 }
 
-#[derive(Debug, Clone)]
 struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
@@ -99,38 +72,30 @@ impl LayerNorm {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        super::kernels::layer_norm(xs, &self.weight, &self.bias, self.eps)
-    }
-
-    /// `LN(dropout(xs) + residual)`, with the dropout keep-mask given (none in inference).
-    fn forward_add(
-        &self,
-        xs: &Tensor,
-        residual: &Tensor,
-        mask: Option<Vec<f32>>,
-    ) -> Result<Tensor> {
-        super::kernels::dropout_add_layer_norm(
-            xs,
-            residual,
-            &self.weight,
-            &self.bias,
-            self.eps,
-            mask,
-        )
+        candle_nn::ops::layer_norm_slow(xs, &self.weight, &self.bias, self.eps as f32)
     }
 }
 
 struct Embeddings {
     word: candle_nn::Embedding,
     position: candle_nn::Embedding,
-    token_type: candle_nn::Embedding,
+    token_type: Option<candle_nn::Embedding>,
     layer_norm: LayerNorm,
+    offset: usize,
     dropout: f64,
 }
 
 impl Embeddings {
-    fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
         let h = cfg.hidden_size;
+        let token_type = match cfg.arch {
+            Arch::MpNet => None,
+            Arch::Bert | Arch::XlmRoberta => Some(candle_nn::embedding(
+                cfg.type_vocab_size,
+                h,
+                vb.pp("token_type_embeddings"),
+            )?),
+        };
         Ok(Self {
             word: candle_nn::embedding(cfg.vocab_size, h, vb.pp("word_embeddings"))?,
             position: candle_nn::embedding(
@@ -138,34 +103,37 @@ impl Embeddings {
                 h,
                 vb.pp("position_embeddings"),
             )?,
-            token_type: candle_nn::embedding(
-                cfg.type_vocab_size,
-                h,
-                vb.pp("token_type_embeddings"),
-            )?,
+            token_type,
             layer_norm: LayerNorm::load(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+            // transformers' create_position_ids_from_input_ids: pad + 1 + index for real tokens
+            // (padding rows are masked out of attention and pooling either way).
+            offset: match cfg.arch {
+                Arch::Bert => 0,
+                Arch::XlmRoberta | Arch::MpNet => cfg.pad_token_id + 1,
+            },
             dropout: cfg.hidden_dropout_prob,
         })
     }
 
-    /// input_ids, token_type_ids: (b, s) u32 -> (b*s, h).
-    fn forward(
-        &self,
-        input_ids: &Tensor,
-        token_type_ids: &Tensor,
-        mode: &mut Mode,
-    ) -> Result<Tensor> {
-        let (b_sz, seq_len) = input_ids.dims2()?;
-        let positions = Tensor::arange(0u32, seq_len as u32, input_ids.device())?;
+    /// ids, type ids: (b, s) u32 -> (b*s, h).
+    fn forward(&self, ids: &Tensor, type_ids: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let (b_sz, seq_len) = ids.dims2()?;
+        let positions = Tensor::arange(
+            self.offset as u32,
+            (self.offset + seq_len) as u32,
+            ids.device(),
+        )?;
         let pos = self.position.forward(&positions)?; // (s, h)
-        let words = self.word.forward(&input_ids.flatten_all()?)?; // (b*s, h)
-        let types = self.token_type.forward(&token_type_ids.flatten_all()?)?;
+        let words = self.word.forward(&ids.flatten_all()?)?; // (b*s, h)
         let h = words.dim(1)?;
         let pos = pos
             .unsqueeze(0)?
             .broadcast_as((b_sz, seq_len, h))?
             .reshape((b_sz * seq_len, h))?;
-        let xs = ((words + types)? + pos)?;
+        let mut xs = (words + pos)?;
+        if let Some(types) = &self.token_type {
+            xs = (xs + types.forward(&type_ids.flatten_all()?)?)?;
+        }
         let xs = self.layer_norm.forward(&xs)?;
         mode.dropout(&xs, self.dropout)
     }
@@ -187,17 +155,33 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
-        let h = cfg.hidden_size;
-        let i = cfg.intermediate_size;
+    fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+        let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
         let att = vb.pp("attention");
-        let eps = cfg.layer_norm_eps;
+        // BERT and RoBERTa: attention.self.{query,key,value}, attention.output.{dense,LayerNorm};
+        // MPNet: attention.attn.{q,k,v,o}, attention.LayerNorm.
+        let (query, key, value, attn_out, attn_norm) = match cfg.arch {
+            Arch::Bert | Arch::XlmRoberta => (
+                Linear::load(att.pp("self").pp("query"), h, h)?,
+                Linear::load(att.pp("self").pp("key"), h, h)?,
+                Linear::load(att.pp("self").pp("value"), h, h)?,
+                Linear::load(att.pp("output").pp("dense"), h, h)?,
+                LayerNorm::load(att.pp("output").pp("LayerNorm"), h, eps)?,
+            ),
+            Arch::MpNet => (
+                Linear::load(att.pp("attn").pp("q"), h, h)?,
+                Linear::load(att.pp("attn").pp("k"), h, h)?,
+                Linear::load(att.pp("attn").pp("v"), h, h)?,
+                Linear::load(att.pp("attn").pp("o"), h, h)?,
+                LayerNorm::load(att.pp("LayerNorm"), h, eps)?,
+            ),
+        };
         Ok(Self {
-            query: Linear::load(att.pp("self").pp("query"), h, h)?,
-            key: Linear::load(att.pp("self").pp("key"), h, h)?,
-            value: Linear::load(att.pp("self").pp("value"), h, h)?,
-            attn_out: Linear::load(att.pp("output").pp("dense"), h, h)?,
-            attn_norm: LayerNorm::load(att.pp("output").pp("LayerNorm"), h, eps)?,
+            query,
+            key,
+            value,
+            attn_out,
+            attn_norm,
             intermediate: Linear::load(vb.pp("intermediate").pp("dense"), h, i)?,
             output: Linear::load(vb.pp("output").pp("dense"), i, h)?,
             out_norm: LayerNorm::load(vb.pp("output").pp("LayerNorm"), h, eps)?,
@@ -208,132 +192,150 @@ impl Layer {
         })
     }
 
-    /// xs: (b*s, h); mask_bias: (b, 1, 1, s) additive -> (b*s, h).
+    /// xs: (b*s, h); `bias`: (b, heads, s, s) additive (mask, and MPNet's position bias).
     fn forward(
         &self,
         xs: &Tensor,
-        mask_bias: &Tensor,
+        bias: &Tensor,
         seq_len: usize,
         mode: &mut Mode,
     ) -> Result<Tensor> {
         let (n, h) = xs.dims2()?;
         let b_sz = n / seq_len;
-        let head_dim = h / self.num_heads;
-        let bh = b_sz * self.num_heads;
-        let (q, k, v) = if mode.is_train() {
-            // Three products: the backward pass of slicing one fused output would build three
-            // zero-padded copies of it.
-            let heads = |lin: &Linear| -> Result<Tensor> {
-                super::kernels::split_heads(&lin.forward(xs)?, b_sz, seq_len, self.num_heads)
-            };
-            (heads(&self.query)?, heads(&self.key)?, heads(&self.value)?)
-        } else {
-            // One product for query, key and value: (n, 3h), then each one's heads.
-            let qkv = Linear {
-                weight: Tensor::cat(
-                    &[&self.query.weight, &self.key.weight, &self.value.weight],
-                    0,
-                )?,
-                bias: Tensor::cat(&[&self.query.bias, &self.key.bias, &self.value.bias], 0)?,
-            }
-            .forward(xs)?;
-            let part = |i| super::kernels::qkv_part(&qkv, b_sz, seq_len, self.num_heads, i);
-            (part(0)?, part(1)?, part(2)?)
+        let d = h / self.num_heads;
+        let heads = |lin: &Linear| -> Result<Tensor> {
+            lin.forward(xs)?
+                .reshape((b_sz, seq_len, self.num_heads, d))?
+                .transpose(1, 2)?
+                .contiguous()
         };
-        let scores = super::matmul::product(&q, &k, false, true)?.reshape((
-            b_sz,
-            self.num_heads,
-            seq_len,
-            seq_len,
-        ))?;
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        let probs = super::kernels::masked_softmax(&scores, mask_bias, scale)?;
+        let (q, k, v) = (heads(&self.query)?, heads(&self.key)?, heads(&self.value)?);
+        let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;
+        let probs = candle_nn::ops::softmax(&(scores + bias)?, D::Minus1)?;
         let probs = mode.dropout(&probs, self.attn_dropout)?;
-        let ctx = super::kernels::merge_heads(
-            &super::matmul::product(&probs.reshape((bh, seq_len, seq_len))?, &v, false, false)?,
-            b_sz,
-            seq_len,
-            self.num_heads,
-        )?;
-        let attn = self.attn_out.forward(&ctx)?;
-        let mask = mode.mask(attn.elem_count(), self.hidden_dropout);
-        let xs = self.attn_norm.forward_add(&attn, xs, mask)?;
+        let ctx = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((n, h))?;
+        let attn = mode.dropout(&self.attn_out.forward(&ctx)?, self.hidden_dropout)?;
+        let xs = self.attn_norm.forward(&(attn + xs)?)?;
         let inter = self.intermediate.forward(&xs)?;
         let inter = match self.act {
-            HiddenAct::Gelu => super::kernels::gelu_erf(&inter)?,
+            HiddenAct::Gelu => inter.gelu_erf()?,
             HiddenAct::GeluNew => inter.gelu()?,
             HiddenAct::Relu => inter.relu()?,
         };
-        let out = self.output.forward(&inter)?;
-        let mask = mode.mask(out.elem_count(), self.hidden_dropout);
-        self.out_norm.forward_add(&out, &xs, mask)
+        let out = mode.dropout(&self.output.forward(&inter)?, self.hidden_dropout)?;
+        self.out_norm.forward(&(out + xs)?)
     }
 }
 
-/// A BERT encoder (no pooler: sentence embeddings pool the token states themselves).
-pub struct BertModel {
-    embeddings: Embeddings,
-    layers: Vec<Layer>,
-    /// The configuration it was built from.
-    pub config: BertConfig,
+/// MPNet's relative position bucket, written from transformers' `relative_position_bucket`
+/// (32 buckets, max distance 128) in f64.
+fn mpnet_bucket(rel: i64) -> u32 {
+    let (num_buckets, max_distance) = (16i64, 128f64); // half of 32: one half per direction
+    let ret = if rel > 0 { num_buckets } else { 0 };
+    let n = rel.abs();
+    let max_exact = num_buckets / 2;
+    let bucket = if n < max_exact {
+        n
+    } else {
+        let large = max_exact
+            + ((n as f64 / max_exact as f64).ln() / (max_distance / max_exact as f64).ln()
+                * (num_buckets - max_exact) as f64) as i64;
+        large.min(num_buckets - 1)
+    };
+    (ret + bucket) as u32
 }
 
-impl BertModel {
-    /// Builds the model from tensors named as in the checkpoint (without any `bert.` prefix).
-    pub fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+/// A transformer encoder (no pooler: sentence embeddings pool the token states themselves).
+pub struct ReferenceModel {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    /// MPNet's relative position bias table (buckets, heads).
+    rel_bias: Option<Tensor>,
+    /// The configuration it was built from.
+    pub config: ModelConfig,
+}
+
+impl ReferenceModel {
+    /// Builds the model from tensors named as in the checkpoint (without the encoder's prefix).
+    pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
         let embeddings = Embeddings::load(vb.pp("embeddings"), cfg)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), cfg))
             .collect::<Result<Vec<_>>>()?;
+        let rel_bias = match cfg.arch {
+            Arch::MpNet => Some(vb.pp("encoder").pp("relative_attention_bias").get(
+                (cfg.relative_attention_num_buckets, cfg.num_attention_heads),
+                "weight",
+            )?),
+            Arch::Bert | Arch::XlmRoberta => None,
+        };
         Ok(Self {
             embeddings,
             layers,
+            rel_bias,
             config: cfg.clone(),
         })
     }
 
-    /// Every weight, in the order the fast engine (`engine.rs`) indexes them: word, position and
-    /// token-type embeddings, the embedding layer norm's weight and bias, then per layer query,
-    /// key, value, attention output, its layer norm, intermediate, output and its layer norm
-    /// (weight before bias each).
-    pub fn tensors(&self) -> Vec<&Tensor> {
-        let e = &self.embeddings;
-        let mut t = vec![
-            e.word.embeddings(),
-            e.position.embeddings(),
-            e.token_type.embeddings(),
-            &e.layer_norm.weight,
-            &e.layer_norm.bias,
-        ];
-        for l in &self.layers {
-            for lin in [&l.query, &l.key, &l.value, &l.attn_out] {
-                t.extend([&lin.weight, &lin.bias]);
-            }
-            t.extend([&l.attn_norm.weight, &l.attn_norm.bias]);
-            for lin in [&l.intermediate, &l.output] {
-                t.extend([&lin.weight, &lin.bias]);
-            }
-            t.extend([&l.out_norm.weight, &l.out_norm.bias]);
-        }
-        t
-    }
-
-    /// input_ids, token_type_ids, attention_mask: (b, s) u32 -> token states (b, s, h), f32.
+    /// ids, type ids, attention mask: (b, s) u32 -> token states (b, s, h), f32.
     pub fn forward(
         &self,
-        input_ids: &Tensor,
-        token_type_ids: &Tensor,
+        ids: &Tensor,
+        type_ids: &Tensor,
         attention_mask: &Tensor,
         mode: &mut Mode,
     ) -> Result<Tensor> {
-        let (b_sz, seq_len) = input_ids.dims2()?;
+        let (b_sz, seq_len) = ids.dims2()?;
+        let heads = self.config.num_attention_heads;
         // 0 where attended, a large negative number on padding: softmax gives padding zero weight.
-        let mask_bias = ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?
-            .reshape((b_sz, 1, 1, seq_len))?;
-        let mut xs = self.embeddings.forward(input_ids, token_type_ids, mode)?;
+        let mask = ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?
+            .reshape((b_sz, 1, 1, seq_len))?
+            .broadcast_as((b_sz, heads, seq_len, seq_len))?;
+        let bias = match &self.rel_bias {
+            Some(table) => {
+                // bias[h, i, j] = table[bucket(j - i), h], the same for every row of the batch.
+                let buckets: Vec<u32> = (0..seq_len * seq_len)
+                    .map(|k| mpnet_bucket((k % seq_len) as i64 - (k / seq_len) as i64))
+                    .collect();
+                let idx = Tensor::from_vec(buckets, seq_len * seq_len, ids.device())?;
+                let b = table
+                    .index_select(&idx, 0)? // (s*s, heads)
+                    .t()?
+                    .reshape((1, heads, seq_len, seq_len))?
+                    .broadcast_as((b_sz, heads, seq_len, seq_len))?;
+                (mask + b)?
+            }
+            None => mask,
+        }
+        .contiguous()?;
+        let mut xs = self.embeddings.forward(ids, type_ids, mode)?;
         for layer in &self.layers {
-            xs = layer.forward(&xs, &mask_bias, seq_len, mode)?;
+            xs = layer.forward(&xs, &bias, seq_len, mode)?;
         }
         xs.reshape((b_sz, seq_len, self.config.hidden_size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The reference's own bucket function against the table transformers computes
+    /// (`tests/fixtures/mpnet_buckets.json`, made by `tests/fixtures/buckets.py` with torch).
+    #[test]
+    fn reference_buckets_match_transformers() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/mpnet_buckets.json");
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        for (rel, want) in v["buckets"].as_object().unwrap() {
+            let rel: i64 = rel.parse().unwrap();
+            assert_eq!(
+                super::mpnet_bucket(rel) as u64,
+                want.as_u64().unwrap(),
+                "{rel}"
+            );
+        }
     }
 }

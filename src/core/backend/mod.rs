@@ -1,0 +1,166 @@
+//! What runs the model: a packed batch of token ids in, pooled vectors out. Two traits, so that a
+//! backend that cannot train (a remote server) never has to pretend: [`EmbedBackend`] embeds,
+//! [`TrainBackend`] runs a training forward pass with a tape and its backward pass into gradients.
+//!
+//! Implementations: [`cpu`], tripletlab's own engine (plain f32 buffers, BLAS, a hand-written
+//! backward pass; the architecture is its own dimension, `cpu/arch/`), and [`candle`], the same
+//! models as candle operations with autograd, the reference the engine is tested against.
+
+pub mod candle;
+pub mod cpu;
+
+#[cfg(test)]
+mod tests;
+
+/// A batch of tokenized texts packed back to back, without padding: the dense layers only
+/// compute real tokens, and attention runs over each text's own length.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Token ids of all rows, one row after the other.
+    pub ids: Vec<u32>,
+    /// Token type ids, as `ids`.
+    pub type_ids: Vec<u32>,
+    /// Tokens of each row.
+    pub lens: Vec<usize>,
+    /// Leading tokens of each row that pooling leaves out (sentence-transformers'
+    /// `include_prompt: false`: the prompt and the special token before it); empty when none.
+    pub pool_skip: Vec<usize>,
+}
+
+impl Batch {
+    /// Number of texts.
+    pub fn rows(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Tokens of the whole batch.
+    pub fn tokens(&self) -> usize {
+        self.lens.iter().sum()
+    }
+
+    /// Leading tokens of row `r` that pooling leaves out.
+    pub fn skip(&self, r: usize) -> usize {
+        self.pool_skip
+            .get(r)
+            .copied()
+            .unwrap_or(0)
+            .min(self.lens[r])
+    }
+
+    /// The batch right-padded to its longest row: ids, type ids, attention mask (each (b, s)
+    /// row-major) and s, for the reference model.
+    pub fn padded(&self, pad_id: u32) -> (Vec<u32>, Vec<u32>, Vec<u32>, usize) {
+        let seq = self.lens.iter().copied().max().unwrap_or(0);
+        let b = self.rows();
+        let (mut ids, mut types, mut mask) = (
+            vec![pad_id; b * seq],
+            vec![0u32; b * seq],
+            vec![0u32; b * seq],
+        );
+        let mut start = 0;
+        for (row, &len) in self.lens.iter().enumerate() {
+            let at = row * seq;
+            ids[at..at + len].copy_from_slice(&self.ids[start..start + len]);
+            types[at..at + len].copy_from_slice(&self.type_ids[start..start + len]);
+            mask[at..at + len].fill(1);
+            start += len;
+        }
+        (ids, types, mask, seq)
+    }
+}
+
+/// Source of dropout masks; training passes a seeded one.
+pub trait DropoutRng {
+    /// Fills `out` with a keep-mask scaled by 1/(1-p).
+    fn fill(&mut self, out: &mut [f32], p: f32);
+
+    /// A keep-mask scaled by 1/(1-p), of `n` elements.
+    fn mask(&mut self, n: usize, p: f32) -> Vec<f32> {
+        let mut out = vec![0f32; n];
+        self.fill(&mut out, p);
+        out
+    }
+}
+
+/// Why a backend could not embed or train a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The batch does not fit the model (too long, unknown token ids, ...).
+    #[error("{0}")]
+    Input(String),
+    /// The weights do not fit the configuration, or are not where the engine can read them.
+    #[error("{0}")]
+    Weights(String),
+    /// A computation failed.
+    #[error("{0}")]
+    Compute(String),
+}
+
+impl From<candle_core::Error> for BackendError {
+    fn from(e: candle_core::Error) -> Self {
+        BackendError::Compute(e.to_string())
+    }
+}
+
+/// Embeds packed batches into pooled vectors.
+pub trait EmbedBackend: Send + Sync {
+    /// Width of the pooled vectors.
+    fn dim(&self) -> usize;
+    /// Pooled vectors of the batch's rows (rows × dim, row-major), before any Normalize module.
+    fn embed(&self, batch: &Batch) -> Result<Vec<f32>, BackendError>;
+    /// What runs, for messages and benchmarks ("CPU engine, OpenBLAS ...").
+    fn describe(&self) -> String;
+}
+
+/// Gradients of every parameter of a [`TrainBackend`], in the order of
+/// [`TrainBackend::parameter_names`]; summed over backward passes until [`Gradients::zero`].
+pub struct Gradients {
+    /// One buffer per parameter.
+    pub t: Vec<Vec<f32>>,
+}
+
+impl Gradients {
+    /// Zero gradients of the given sizes.
+    pub fn zeros(sizes: impl IntoIterator<Item = usize>) -> Self {
+        Self {
+            t: sizes.into_iter().map(|n| vec![0f32; n]).collect(),
+        }
+    }
+
+    /// Sets every gradient to zero.
+    pub fn zero(&mut self) {
+        use rayon::prelude::*;
+        self.t
+            .par_iter_mut()
+            .for_each(|g| g.par_chunks_mut(1 << 14).for_each(|c| c.fill(0.0)));
+    }
+}
+
+/// A backend whose weights can be trained: a forward pass that keeps what the backward pass
+/// needs (its tape), and the backward pass from d(pooled) into [`Gradients`].
+pub trait TrainBackend {
+    /// What a training forward pass keeps; reused from step to step.
+    type Tape: Default + Send;
+
+    /// Width of the pooled vectors.
+    fn dim(&self) -> usize;
+    /// The trained parameters' names (the checkpoint's, without prefix), in gradient order.
+    fn parameter_names(&self) -> &[String];
+    /// Zero gradients for every parameter.
+    fn new_gradients(&self) -> Gradients;
+    /// Training forward pass (dropout from `rng`) into `tape`; returns the pooled vectors
+    /// (rows × dim).
+    fn forward_train(
+        &self,
+        batch: &Batch,
+        rng: &mut dyn DropoutRng,
+        tape: &mut Self::Tape,
+    ) -> Result<Vec<f32>, BackendError>;
+    /// Adds the gradients of `Σ d_pooled ⊙ pooled` of the tape's pass to `grads`.
+    fn backward(
+        &self,
+        tape: &mut Self::Tape,
+        d_pooled: &[f32],
+        grads: &mut Gradients,
+    ) -> Result<(), BackendError>;
+}
