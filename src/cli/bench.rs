@@ -267,7 +267,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(&serde_json::Value::Object(report))?;
     match &args.json {
         Some(p) => {
-            std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?
+            std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
         }
         None => println!("{text}"),
     }

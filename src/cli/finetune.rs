@@ -105,7 +105,7 @@ pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<()> {
                 eprintln!(
                     "{train_triplets} training triplets, {val_triplets} validation triplets; \
                      {total_steps} steps, {warmup_steps} warm-up"
-                )
+                );
             });
         }
         Update::Point(TrainEvent::Step(s)) => {

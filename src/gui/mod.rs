@@ -1,9 +1,10 @@
 //! The desktop app (eframe/egui). `app` holds the state and handles commands; `panels` draw it;
-//! `plots` turn numbers into pictures. Every computation runs in `core`, on job threads.
+//! `widgets` are views shared by panels; `plots` turn numbers into pictures. Every computation runs in `core`, on job threads.
 
 mod app;
 mod panels;
 pub mod plots;
+mod widgets;
 
 pub use app::{App, AppOptions, Command, JobKind, Tab};
 

@@ -61,7 +61,7 @@ fn corrupt_and_truncated_weights() {
 fn wrong_shapes_architecture_and_pooling() {
     let dir = tiny_model(&TinySpec::default());
     edit_json(&dir.path().join("config.json"), |v| {
-        v["intermediate_size"] = 48.into()
+        v["intermediate_size"] = 48.into();
     });
     let msg = load_err(dir.path());
     assert!(
@@ -71,7 +71,7 @@ fn wrong_shapes_architecture_and_pooling() {
 
     let dir = tiny_model(&TinySpec::default());
     edit_json(&dir.path().join("config.json"), |v| {
-        v["model_type"] = "gpt2".into()
+        v["model_type"] = "gpt2".into();
     });
     let msg = load_err(dir.path());
     assert!(
@@ -81,7 +81,7 @@ fn wrong_shapes_architecture_and_pooling() {
 
     let dir = tiny_model(&TinySpec::default());
     edit_json(&dir.path().join("1_Pooling/config.json"), |v| {
-        v["word_embedding_dimension"] = 64.into()
+        v["word_embedding_dimension"] = 64.into();
     });
     let msg = load_err(dir.path());
     assert!(msg.contains("1_Pooling") && msg.contains("64"), "{msg}");

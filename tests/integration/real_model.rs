@@ -1,25 +1,17 @@
-//! Parity with sentence-transformers on the real all-MiniLM-L6-v2 (from the PyPI test wheel).
+//! Parity with sentence-transformers on real models: all-MiniLM-L6-v2 (BERT, from the PyPI test
+//! wheel) and all-mpnet-base-v2 (MPNet, from the five PyPI packages): the five fixed sentences,
+//! every one of the 1,500 dev texts, and every metric.
 
 use tripletlab::core::data::load_triplets;
-use tripletlab::core::encoder::{embed_triplets, EncoderOptions, PromptChoice, Role};
+use tripletlab::core::encoder::{embed_triplets, Encoder, EncoderOptions, PromptChoice, Role};
 use tripletlab::core::metrics::{evaluate, metric_keys, RetrievalIndex};
 
 use crate::common::{cosine, encoder, fixture, quiet, real_model_dir};
 
-fn options() -> EncoderOptions {
-    EncoderOptions {
-        max_seq_len: Some(256),
-        prompts: PromptChoice::None,
-        ..Default::default()
-    }
-}
-
-#[test]
-fn five_sentences_match_sentence_transformers() {
-    let enc = encoder(&real_model_dir(), &options());
+/// The five sentences against the stored sentence-transformers vectors.
+fn compare_sentences(enc: &Encoder, fixture_name: &str) {
     let reference: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture("st-minilm-5-sentences.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(fixture(fixture_name)).unwrap()).unwrap();
     let sentences: Vec<&str> = reference["sentences"]
         .as_array()
         .unwrap()
@@ -41,20 +33,19 @@ fn five_sentences_match_sentence_transformers() {
             .zip(&want)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        eprintln!("sentence {i}: cosine {c:.9}, largest component difference {diff:.2e}");
+        eprintln!(
+            "{fixture_name} sentence {i}: cosine {c:.9}, largest component difference {diff:.2e}"
+        );
         assert!(c >= 0.99999, "sentence {i}: cosine {c}");
     }
 }
 
-#[test]
-fn dev_metrics_match_sentence_transformers() {
-    let enc = encoder(&real_model_dir(), &options());
+/// Every dev vector (queries, positives, negatives in file order) and every metric against the
+/// stored sentence-transformers ones.
+fn compare_dev(enc: &Encoder, npy: &str, metrics: &str) {
     let data = load_triplets(&fixture("patents-dev.json")).unwrap();
-    let emb = quiet(|ctx| embed_triplets(&enc, &data.triplets, None, ctx)).unwrap();
-    // Every one of the 1,500 vectors against sentence-transformers' (queries, positives,
-    // negatives in file order).
-    let st =
-        tripletlab::core::report::read_npy_f32(&fixture("patents-dev-minilm-seq256.npy")).unwrap();
+    let emb = quiet(|ctx| embed_triplets(enc, &data.triplets, None, ctx)).unwrap();
+    let st = tripletlab::core::report::read_npy_f32(&fixture(npy)).unwrap();
     let n = data.len();
     let mut worst = 1f64;
     for (part, ours) in [&emb.queries, &emb.positives, &emb.negatives]
@@ -66,7 +57,7 @@ fn dev_metrics_match_sentence_transformers() {
         }
     }
     eprintln!(
-        "lowest cosine with sentence-transformers over {} texts: {worst:.9}",
+        "{npy}: lowest cosine with sentence-transformers over {} texts: {worst:.9}",
         3 * n
     );
     assert!(worst >= 0.99999, "lowest cosine {worst}");
@@ -76,10 +67,8 @@ fn dev_metrics_match_sentence_transformers() {
         &emb.positives,
         &emb.negatives,
     ));
-    let reference: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(fixture("patents-dev-minilm-seq256-metrics.json")).unwrap(),
-    )
-    .unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture(metrics)).unwrap()).unwrap();
     for key in metric_keys() {
         let want = reference["metrics"][&key].as_f64().unwrap();
         let got = result.metrics[&key];
@@ -89,4 +78,66 @@ fn dev_metrics_match_sentence_transformers() {
             "{key}: {got} vs sentence-transformers {want}"
         );
     }
+}
+
+fn minilm() -> Encoder {
+    let opts = EncoderOptions {
+        max_seq_len: Some(256),
+        prompts: PromptChoice::None,
+        ..Default::default()
+    };
+    encoder(&real_model_dir(), &opts)
+}
+
+#[test]
+fn five_sentences_match_sentence_transformers() {
+    compare_sentences(&minilm(), "st-minilm-5-sentences.json");
+}
+
+#[test]
+fn dev_metrics_match_sentence_transformers() {
+    compare_dev(
+        &minilm(),
+        "patents-dev-minilm-seq256.npy",
+        "patents-dev-minilm-seq256-metrics.json",
+    );
+}
+
+/// The real all-mpnet-base-v2 folder unpacked by `scripts/fetch-test-mpnet.sh`, or `None` when
+/// the test command could not fetch it and said so (`TRIPLETLAB_SKIP_MPNET` holds the reason).
+fn real_mpnet_dir() -> Option<std::path::PathBuf> {
+    if let Ok(why) = std::env::var("TRIPLETLAB_SKIP_MPNET") {
+        eprintln!("SKIPPED: the MPNet parity test ({why})");
+        return None;
+    }
+    let dir = std::env::var_os("TRIPLETLAB_TEST_MPNET")
+        .map(std::path::PathBuf::from)
+        .expect(
+            "TRIPLETLAB_TEST_MPNET is not set: run scripts/test.sh (it fetches all-mpnet-base-v2), \
+             or set TRIPLETLAB_SKIP_MPNET to a reason to skip this test",
+        );
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "no model in {}",
+        dir.display()
+    );
+    Some(dir)
+}
+
+#[test]
+fn mpnet_embeds_and_scores_as_sentence_transformers() {
+    let Some(dir) = real_mpnet_dir() else { return };
+    // all-mpnet-base-v2's own max length (384, from sentence_bert_config.json), no prompts.
+    let opts = EncoderOptions {
+        prompts: PromptChoice::None,
+        ..Default::default()
+    };
+    let enc = encoder(&dir, &opts);
+    assert_eq!(enc.max_seq_len, 384);
+    compare_sentences(&enc, "st-mpnet-5-sentences.json");
+    compare_dev(
+        &enc,
+        "patents-dev-mpnet.npy",
+        "patents-dev-mpnet-metrics.json",
+    );
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 use tripletlab::core::encoder::{EncoderOptions, Role};
 use tripletlab::core::model::tiny::TinySpec;
-use tripletlab::core::model::{FolderFormat, ModelFolder, Pooling};
+use tripletlab::core::model::{FolderFormat, LengthSource, ModelFolder, Pooling};
 
 use crate::common::{cosine, encoder, fixture, quiet, real_model_dir, tiny_model};
 
@@ -128,7 +128,7 @@ fn settings_sentence_transformers_would_read_differently_are_refused() {
                 write_json(
                     &d.join("1_Pooling/config.json"),
                     &json!({"embedding_dimension": 32, "pooling_mode": ["cls", "mean"]}),
-                )
+                );
             },
             &["1_Pooling", "cls, mean"],
         ),
@@ -138,7 +138,7 @@ fn settings_sentence_transformers_would_read_differently_are_refused() {
                 write_json(
                     &d.join("1_Pooling/config.json"),
                     &json!({"embedding_dimension": 32, "pooling_mode": "mean_tokens"}),
-                )
+                );
             },
             &["1_Pooling", "mean_tokens"],
         ),
@@ -148,7 +148,7 @@ fn settings_sentence_transformers_would_read_differently_are_refused() {
                 write_json(
                     &d.join("sentence_bert_config.json"),
                     &json!({"max_seq_length": 64, "pad_left": true}),
-                )
+                );
             },
             &["sentence_bert_config.json", "pad_left"],
         ),
@@ -158,7 +158,7 @@ fn settings_sentence_transformers_would_read_differently_are_refused() {
                 write_json(
                     &d.join("sentence_bert_config.json"),
                     &json!({"query_length": 32}),
-                )
+                );
             },
             &["sentence_bert_config.json", "query_length"],
         ),
@@ -168,7 +168,7 @@ fn settings_sentence_transformers_would_read_differently_are_refused() {
                 write_json(
                     &d.join("config_sentence_transformers.json"),
                     &json!({"model_type": "CrossEncoder"}),
-                )
+                );
             },
             &["config_sentence_transformers.json", "CrossEncoder"],
         ),
@@ -178,7 +178,7 @@ fn settings_sentence_transformers_would_read_differently_are_refused() {
                 write_json(
                     &d.join("adapter_config.json"),
                     &json!({"base_model_name_or_path": "x"}),
-                )
+                );
             },
             &["adapter_config.json", "adapter"],
         ),
@@ -238,4 +238,47 @@ fn legacy_boolean_pooling_keys_and_defaults() {
             .pooling,
         Pooling::Mean
     );
+}
+
+#[test]
+fn the_max_length_follows_sentence_transformers_precedence() {
+    let dir = tiny_model(&TinySpec::default());
+    let open = || ModelFolder::open(dir.path(), "tiny").unwrap();
+    // sentence_bert_config.json's max_seq_length (the tiny model declares 64).
+    assert_eq!(
+        (
+            open().max_seq_len(None),
+            open().sentence.max_seq_length_source
+        ),
+        (64, LengthSource::SentenceBertConfig)
+    );
+    // Without it: tokenizer_config.json's model_max_length, capped at the positions (128).
+    write_json(
+        &dir.path().join("sentence_bert_config.json"),
+        &json!({"do_lower_case": false}),
+    );
+    for (declared, want, source) in [
+        (json!(40), 40, LengthSource::TokenizerConfig),
+        (json!(1e30), 128, LengthSource::Positions),
+        (json!(4096), 128, LengthSource::Positions),
+    ] {
+        write_json(
+            &dir.path().join("tokenizer_config.json"),
+            &json!({"model_max_length": declared}),
+        );
+        let f = open();
+        assert_eq!(
+            (f.max_seq_len(None), f.sentence.max_seq_length_source),
+            (want, source),
+            "{declared}"
+        );
+    }
+    // tokenizer_args win over max_seq_length; the user's choice over both; positions cap all.
+    write_json(
+        &dir.path().join("sentence_bert_config.json"),
+        &json!({"max_seq_length": 50, "tokenizer_args": {"model_max_length": 30}}),
+    );
+    assert_eq!(open().max_seq_len(None), 30);
+    assert_eq!(open().max_seq_len(Some(100)), 100);
+    assert_eq!(open().max_seq_len(Some(1000)), 128);
 }

@@ -330,7 +330,7 @@ mod tests {
         let mut points = vec![];
         match h.wait(|u| {
             if let Update::Point(p) = u {
-                points.push(p)
+                points.push(p);
             }
         }) {
             Outcome::Finished(Ok(3)) => {}

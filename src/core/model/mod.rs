@@ -9,6 +9,7 @@ mod folder;
 mod hub;
 pub mod prompts;
 pub mod save;
+mod st_files;
 pub mod tiny;
 
 pub use checkpoint::Checkpoint;

@@ -278,23 +278,21 @@ fn write_folder(
     };
     let cfg = &source.config;
     let st = &source.sentence;
-    let pooling = st.pooling;
     write_json(
         "sentence_bert_config.json",
         json!({"max_seq_length": settings.max_seq_length, "do_lower_case": st.do_lower_case}),
     )?;
+    // The legacy boolean keys: sentence-transformers 2.x-6.x and text-embeddings-inference all
+    // read them (TEI does not read 6.x's `pooling_mode` string).
+    let mut pooling_json = serde_json::Map::new();
+    pooling_json.insert("word_embedding_dimension".into(), json!(cfg.hidden_size));
+    for mode in super::Pooling::ALL {
+        pooling_json.insert(mode.legacy_key().into(), json!(mode == st.pooling));
+    }
+    pooling_json.insert("include_prompt".into(), json!(st.include_prompt));
     write_json(
         "1_Pooling/config.json",
-        json!({
-            "word_embedding_dimension": cfg.hidden_size,
-            "pooling_mode_cls_token": pooling == super::Pooling::Cls,
-            "pooling_mode_mean_tokens": pooling == super::Pooling::Mean,
-            "pooling_mode_max_tokens": pooling == super::Pooling::Max,
-            "pooling_mode_mean_sqrt_len_tokens": pooling == super::Pooling::MeanSqrtLen,
-            "pooling_mode_weightedmean_tokens": false,
-            "pooling_mode_lasttoken": false,
-            "include_prompt": true
-        }),
+        serde_json::Value::Object(pooling_json),
     )?;
     let mut modules = vec![
         json!({"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}),
@@ -313,16 +311,17 @@ fn write_folder(
     if !settings.prompts.document.is_empty() {
         prompts.insert("document".into(), json!(settings.prompts.document));
     }
-    write_json(
-        "config_sentence_transformers.json",
-        json!({
-            "__version__": {"sentence_transformers": "3.0.0", "transformers": "4.41.0", "pytorch": "2.3.0"},
-            "prompts": prompts,
-            "default_prompt_name": null,
-            "similarity_fn_name": "cosine",
-            "model_type": "SentenceTransformer"
-        }),
-    )?;
+    let mut st_config = json!({
+        "__version__": {"sentence_transformers": "3.0.0", "transformers": "4.41.0", "pytorch": "2.3.0"},
+        "prompts": prompts,
+        "default_prompt_name": null,
+        "similarity_fn_name": "cosine",
+        "model_type": "SentenceTransformer"
+    });
+    if let Some(d) = st.truncate_dim {
+        st_config["truncate_dim"] = json!(d);
+    }
+    write_json("config_sentence_transformers.json", st_config)?;
     let card = dir.join("README.md");
     std::fs::write(&card, &settings.model_card).map_err(io(&card))?;
     after_file(&card);

@@ -91,7 +91,7 @@ pub fn evaluate_model(
             total: p.total_bytes,
             unit: "bytes",
             elapsed_secs: 0.0,
-        })
+        });
     })?;
     let start = Instant::now();
     let emb = embed_triplets(&encoder, triplets, cache, ctx)?;

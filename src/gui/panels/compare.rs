@@ -4,10 +4,10 @@
 
 use eframe::egui::{self, Color32, RichText};
 
-use super::super::app::{App, Command};
-use super::heatmap::{controls, draw_window, legend, value_range, window};
-use super::metrics::margin_histogram;
 use crate::core::metrics::{flip_counts, lower_is_better, metric_keys, Flip};
+use crate::gui::app::{Command, Commands, HeatmapState, View};
+use crate::gui::widgets::heatmap::{controls, draw_window, legend, value_range, window};
+use crate::gui::widgets::histogram::margin_histogram;
 
 /// Colour of a change: green when better, red when worse.
 pub(crate) fn delta_color(key: &str, delta: f64) -> Color32 {
@@ -21,18 +21,18 @@ pub(crate) fn delta_color(key: &str, delta: f64) -> Color32 {
 }
 
 /// Draws the panel.
-pub fn show(app: &mut App, ui: &mut egui::Ui) {
-    let (Some(before), Some(data)) = (app.zero_shot.clone(), app.dataset.clone()) else {
-        super::needs_embedding(app, ui);
+pub fn show(ui: &mut egui::Ui, app: &View, h: &mut HeatmapState, cmds: &mut Commands) {
+    let (Some(before), Some(data)) = (app.zero_shot, app.dataset) else {
+        super::needs_embedding(ui, app, cmds);
         return;
     };
-    let Some(after) = app.fine_tuned.clone() else {
+    let Some(after) = app.fine_tuned else {
         ui.heading("Compare");
         ui.label("Fine-tune a model (Fine-tune tab) to compare it with the zero-shot model here.");
         return;
     };
     ui.heading(format!("{} vs fine-tuned", before.model_label));
-    if let Some(p) = &app.fine_tuned_path {
+    if let Some(p) = app.fine_tuned_path {
         ui.weak(format!("Fine-tuned model: {}", p.display()));
     }
     egui::ScrollArea::vertical()
@@ -70,7 +70,7 @@ pub fn show(app: &mut App, ui: &mut egui::Ui) {
                             .add_enabled(n > 0, egui::Button::new(format!("Show {}", f.label())))
                             .clicked()
                         {
-                            app.commands.push(Command::InspectFlips(*f));
+                            cmds.push(Command::InspectFlips(*f));
                         }
                         ui.end_row();
                     }
@@ -84,13 +84,12 @@ pub fn show(app: &mut App, ui: &mut egui::Ui) {
                 );
             });
             ui.separator();
-            controls(app, ui, &before);
-            let h = &mut app.heatmap;
+            controls(ui, h, before);
             let (view, row0, col0) = (h.view, h.row0, h.col0);
             let a = window(
                 &mut h.cache,
                 &mut h.windows_computed,
-                &before,
+                before,
                 false,
                 view,
                 row0,
@@ -101,7 +100,7 @@ pub fn show(app: &mut App, ui: &mut egui::Ui) {
             let b = window(
                 &mut h.cache,
                 &mut h.windows_computed,
-                &after,
+                after,
                 true,
                 view,
                 row0,
@@ -116,7 +115,7 @@ pub fn show(app: &mut App, ui: &mut egui::Ui) {
             let mut clicked = None;
             ui.horizontal(|ui| {
                 for (fine, label, eval) in
-                    [(false, "zero-shot", &before), (true, "fine-tuned", &after)]
+                    [(false, "zero-shot", before), (true, "fine-tuned", after)]
                 {
                     ui.vertical(|ui| {
                         ui.label(label);
@@ -129,7 +128,7 @@ pub fn show(app: &mut App, ui: &mut egui::Ui) {
                             row0,
                             col0,
                         );
-                        if let Some(c) = draw_window(ui, entry, &data, view, scale, side) {
+                        if let Some(c) = draw_window(ui, entry, data, view, scale, side) {
                             clicked = Some(c);
                         }
                     });
@@ -137,7 +136,7 @@ pub fn show(app: &mut App, ui: &mut egui::Ui) {
                 legend(ui, scale, side * 0.8);
             });
             if let Some(c) = clicked {
-                app.commands.push(c);
+                cmds.push(c);
             }
         });
 }

@@ -2,13 +2,13 @@
 
 use eframe::egui;
 
-use super::super::app::App;
 use crate::core::data::LengthStats;
+use crate::gui::app::{Commands, View};
 
 /// Draws the panel.
-pub fn show(app: &mut App, ui: &mut egui::Ui) {
-    let (Some(d), Some(stats)) = (app.dataset.clone(), app.data_stats.clone()) else {
-        super::needs_embedding(app, ui);
+pub fn show(ui: &mut egui::Ui, app: &View, cmds: &mut Commands) {
+    let (Some(d), Some(stats)) = (app.dataset, app.data_stats) else {
+        super::needs_embedding(ui, app, cmds);
         return;
     };
     ui.heading("Data");
@@ -67,7 +67,7 @@ pub fn show(app: &mut App, ui: &mut egui::Ui) {
             for w in &d.report.warnings {
                 ui.label(format!("Warning: {w}"));
             }
-            if let Some(e) = &app.zero_shot {
+            if let Some(e) = app.zero_shot {
                 let max = e.max_seq_len;
                 let source_rows = &d.source_rows;
                 let cut: Vec<String> = e

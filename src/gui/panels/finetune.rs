@@ -4,29 +4,29 @@
 use eframe::egui::{self, Color32};
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
 
-use super::super::app::{App, Command, DialogTarget, JobKind};
-use super::super::plots::debiased_ema;
 use crate::core::train::LossKind;
+use crate::gui::app::{Command, Commands, DialogTarget, JobKind, Settings, View};
+use crate::gui::plots::debiased_ema;
 
 /// Validation metrics drawn on the curve.
 const VAL_KEYS: [&str; 3] = ["cosine_ndcg@10", "cosine_accuracy@1", "cosine_accuracy"];
 
 /// Draws the panel.
-pub fn show(app: &mut App, ui: &mut egui::Ui) {
+pub fn show(ui: &mut egui::Ui, app: &View, s: &mut Settings, cmds: &mut Commands) {
     ui.heading("Fine-tune");
     if app.dataset.is_none() {
-        super::needs_embedding(app, ui);
+        super::needs_embedding(ui, app, cmds);
         return;
     }
     let running = app.is_running(JobKind::FineTune);
-    ui.add_enabled_ui(!running, |ui| settings(app, ui));
+    ui.add_enabled_ui(!running, |ui| settings(ui, app, s, cmds));
     ui.horizontal(|ui| {
         if running {
             if ui.button("Stop").clicked() {
-                app.commands.push(Command::Cancel(JobKind::FineTune));
+                cmds.push(Command::Cancel(JobKind::FineTune));
             }
         } else if ui.button("Start fine-tuning").clicked() {
-            app.commands.push(Command::StartFineTune);
+            cmds.push(Command::StartFineTune);
         }
         if let Some(p) = &app.train_log.progress {
             super::progress_bar(ui, p);
@@ -37,15 +37,15 @@ pub fn show(app: &mut App, ui: &mut egui::Ui) {
     if let Some(msg) = &app.train_log.finished {
         ui.label(msg);
     }
-    if app.unsaved.is_some() && !running && ui.button("Save the trained model").clicked() {
-        app.commands.push(Command::SaveTrained);
+    if app.has_unsaved_model && !running && ui.button("Save the trained model").clicked() {
+        cmds.push(Command::SaveTrained);
     }
-    curves(app, ui);
+    curves(ui, app, &mut s.smoothing);
 }
 
-fn settings(app: &mut App, ui: &mut egui::Ui) {
-    let default_out = app.default_output_dir();
-    let t = &mut app.settings.train;
+fn settings(ui: &mut egui::Ui, app: &View, s: &mut Settings, cmds: &mut Commands) {
+    let default_out = app.default_output_dir.as_ref();
+    let t = &mut s.train;
     egui::Grid::new("train_settings")
         .num_columns(2)
         .show(ui, |ui| {
@@ -91,8 +91,7 @@ fn settings(app: &mut App, ui: &mut egui::Ui) {
                 )
                 .labelled_by(l.id);
                 if ui.button("Browse output folder...").clicked() {
-                    app.commands
-                        .push(Command::Browse(DialogTarget::OutputFolder));
+                    cmds.push(Command::Browse(DialogTarget::OutputFolder));
                 }
             });
             ui.end_row();
@@ -107,15 +106,15 @@ fn loss_name(l: LossKind) -> &'static str {
     }
 }
 
-fn curves(app: &mut App, ui: &mut egui::Ui) {
-    let log = &app.train_log;
+fn curves(ui: &mut egui::Ui, app: &View, smoothing: &mut f64) {
+    let log = app.train_log;
     if log.steps.is_empty() && log.evals.is_empty() {
         ui.weak("Curves appear here while training runs.");
         return;
     }
     ui.horizontal(|ui| {
         let l = ui.label("Smoothing");
-        ui.add(egui::Slider::new(&mut app.settings.smoothing, 0.0..=0.99))
+        ui.add(egui::Slider::new(smoothing, 0.0..=0.99))
             .labelled_by(l.id);
         if let Some(s) = app.train_log.steps.last() {
             ui.label(format!(
@@ -124,12 +123,11 @@ fn curves(app: &mut App, ui: &mut egui::Ui) {
             ));
         }
     });
-    let log = &app.train_log;
     let x_max = log.total_steps.max(1) as f64;
     let link = ui.scope_id().with("train_x");
     let height = ((ui.available_height() - 20.0) / 3.0).max(120.0);
     let losses: Vec<f64> = log.steps.iter().map(|s| s.loss).collect();
-    let smooth = debiased_ema(&losses, app.settings.smoothing);
+    let smooth = debiased_ema(&losses, *smoothing);
     Plot::new("loss")
         .height(height)
         .legend(Legend::default())

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use eframe::egui::{self, RichText};
 
-use super::super::app::{App, Command, InspectorState};
 use crate::core::data::{Dataset, TextSearch};
 use crate::core::metrics::{outranking, Flip};
 use crate::core::pipeline::Evaluation;
+use crate::gui::app::{Command, Commands, InspectorState, View};
 
 /// How many outranking documents are listed.
 const OUTRANKING_SHOWN: usize = 20;
@@ -57,13 +57,12 @@ pub(crate) fn filtered_rows(
 }
 
 /// Draws the panel.
-pub fn show(app: &mut App, ui: &mut egui::Ui) {
-    let (Some(before), Some(data)) = (app.zero_shot.clone(), app.dataset.clone()) else {
-        super::needs_embedding(app, ui);
+pub fn show(ui: &mut egui::Ui, app: &View, s: &mut InspectorState, cmds: &mut Commands) {
+    let (Some(before), Some(data)) = (app.zero_shot, app.dataset) else {
+        super::needs_embedding(ui, app, cmds);
         return;
     };
-    let after = app.fine_tuned.clone();
-    let s = &mut app.inspector;
+    let after = app.fine_tuned;
     ui.horizontal(|ui| {
         ui.checkbox(&mut s.wrong_only, "Wrong only");
         if after.is_some() {
@@ -86,9 +85,9 @@ pub fn show(app: &mut App, ui: &mut egui::Ui) {
     if s.rows.as_ref().map(|(k, _)| k != &key).unwrap_or(true) {
         let search = app
             .text_search
-            .clone()
-            .unwrap_or_else(|| Arc::new(TextSearch::new(&data)));
-        let rows = filtered_rows(s, &search, &before, after.as_deref());
+            .cloned()
+            .unwrap_or_else(|| Arc::new(TextSearch::new(data)));
+        let rows = filtered_rows(s, &search, before, after.map(|a| a.as_ref()));
         s.rows = Some((key, rows));
     }
     let rows = s.rows.as_ref().map(|(_, r)| r.clone()).unwrap_or_default();
@@ -102,19 +101,11 @@ pub fn show(app: &mut App, ui: &mut egui::Ui) {
     ui.horizontal_top(|ui| {
         ui.allocate_ui(egui::vec2(width * 0.45, height), |ui| {
             ui.set_width(width * 0.45);
-            table(ui, &mut app.inspector.selected, &rows, &before, &data);
+            table(ui, &mut s.selected, &rows, before, data);
         });
         ui.separator();
-        ui.vertical(|ui| match app.inspector.selected {
-            Some(i) => details(
-                ui,
-                &mut app.inspector,
-                i,
-                &data,
-                &before,
-                after.as_ref(),
-                &mut app.commands,
-            ),
+        ui.vertical(|ui| match s.selected {
+            Some(i) => details(ui, s, i, data, before, after, cmds),
             None => {
                 ui.label("Select a triplet to see why it ranks as it does.");
             }
@@ -160,7 +151,7 @@ fn details(
     data: &Dataset,
     before: &Arc<Evaluation>,
     after: Option<&Arc<Evaluation>>,
-    commands: &mut Vec<Command>,
+    commands: &mut Commands,
 ) {
     let Some(t) = data.triplets.get(i) else {
         return;

@@ -2,18 +2,15 @@
 //! of per-triplet margins cos(q,pos) - cos(q,neg).
 
 use eframe::egui::{self, Color32, RichText};
-use egui_plot::{Bar, BarChart, Legend, Plot, VLine};
 
-use super::super::app::App;
-use crate::core::metrics::{histogram, metric_keys, EvalResult};
-
-/// Bins of the margin histogram.
-const BINS: usize = 40;
+use crate::core::metrics::{metric_keys, EvalResult};
+use crate::gui::app::{Commands, View};
+use crate::gui::widgets::histogram::margin_histogram;
 
 /// Draws the panel.
-pub fn show(app: &mut App, ui: &mut egui::Ui) {
-    let Some(eval) = app.zero_shot.clone() else {
-        super::needs_embedding(app, ui);
+pub fn show(ui: &mut egui::Ui, view: &View, top_k: &mut usize, cmds: &mut Commands) {
+    let Some(eval) = view.zero_shot else {
+        super::needs_embedding(ui, view, cmds);
         return;
     };
     ui.heading(format!("Metrics of {}", eval.model_label));
@@ -24,10 +21,10 @@ pub fn show(app: &mut App, ui: &mut egui::Ui) {
     ui.horizontal(|ui| {
         ui.label("K:");
         for k in [1, 3, 5, 10] {
-            ui.selectable_value(&mut app.settings.top_k, k, format!("K = {k}"));
+            ui.selectable_value(top_k, k, format!("K = {k}"));
         }
     });
-    let k = app.settings.top_k;
+    let k = *top_k;
     ui.columns(2, |cols| {
         metrics_table(&mut cols[0], &eval.result, k);
         margin_histogram(
@@ -68,35 +65,5 @@ fn metrics_table(ui: &mut egui::Ui, r: &EvalResult, k: usize) {
                         ui.end_row();
                     }
                 });
-        });
-}
-
-/// Overlaid histograms of margins, one per (name, result, colour), on shared bins.
-pub(crate) fn margin_histogram(ui: &mut egui::Ui, series: &[(&str, &EvalResult, Color32)]) {
-    let all = series
-        .iter()
-        .flat_map(|(_, r, _)| r.per_triplet.iter().map(|s| s.margin));
-    let (lo, hi) = all.fold((0.0f64, 0.0f64), |(lo, hi), m| (lo.min(m), hi.max(m)));
-    let (lo, hi) = ((lo * 10.0).floor() / 10.0, (hi * 10.0).ceil() / 10.0);
-    let width = (hi - lo).max(1e-6) / BINS as f64;
-    Plot::new("margins")
-        .legend(Legend::default())
-        .height(260.0)
-        .x_axis_label("margin cos(q,pos) - cos(q,neg)")
-        .y_axis_label("triplets")
-        .allow_scroll(false)
-        .show(ui, |plot| {
-            for (name, r, color) in series {
-                let counts = histogram(r.per_triplet.iter().map(|s| s.margin), BINS, lo, hi);
-                let bars = counts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &c)| {
-                        Bar::new(lo + (i as f64 + 0.5) * width, c as f64).width(width * 0.95)
-                    })
-                    .collect();
-                plot.bar_chart(BarChart::new(*name, bars).color(color.gamma_multiply(0.7)));
-            }
-            plot.vline(VLine::new("margin 0", 0.0).color(Color32::GRAY));
         });
 }

@@ -2,21 +2,19 @@
 
 use eframe::egui;
 
-use super::super::app::{App, Command, DialogTarget, JobKind, PromptMode};
+use crate::gui::app::{Command, Commands, DialogTarget, JobKind, PromptMode, Settings, View};
 
 /// Draws the sidebar.
-pub fn show(app: &mut App, ui: &mut egui::Ui) {
+pub fn show(ui: &mut egui::Ui, app: &View, s: &mut Settings, cmds: &mut Commands) {
     ui.heading("Model");
     let l = ui.label("Hub id or local folder:");
-    ui.add(egui::TextEdit::singleline(&mut app.settings.model).hint_text("intfloat/e5-small-v2"))
+    ui.add(egui::TextEdit::singleline(&mut s.model).hint_text("intfloat/e5-small-v2"))
         .labelled_by(l.id);
     if ui.button("Browse model folder...").clicked() {
-        app.commands
-            .push(Command::Browse(DialogTarget::ModelFolder));
+        cmds.push(Command::Browse(DialogTarget::ModelFolder));
     }
     ui.separator();
-    let s = &mut app.settings;
-    let folder_max = app.zero_shot.as_ref().map(|e| e.max_seq_len);
+    let folder_max = app.zero_shot.map(|e| e.max_seq_len);
     let mut custom_len = s.max_seq_len.is_some();
     let label = match folder_max {
         Some(m) if !custom_len => format!("Max length: model default ({m})"),
@@ -71,7 +69,7 @@ pub fn show(app: &mut App, ui: &mut egui::Ui) {
         super::labelled_drag(ui, "Dimensions kept", d, 1..=4096);
     }
     ui.checkbox(&mut s.use_cache, "Use the embedding cache");
-    if let Some(e) = &app.zero_shot {
+    if let Some(e) = app.zero_shot {
         ui.weak(format!(
             "In use: {} tokens, prompts {:?} (query {:?}, document {:?})",
             e.max_seq_len, e.prompts.source, e.prompts.query, e.prompts.document
@@ -82,13 +80,13 @@ pub fn show(app: &mut App, ui: &mut egui::Ui) {
     }
     ui.separator();
     if app.is_running(JobKind::Embed) {
-        if let Some(p) = &app.embed_progress {
+        if let Some(p) = app.embed_progress {
             super::progress_bar(ui, p);
         } else {
             ui.label("Loading the model...");
         }
         if ui.button("Cancel embedding").clicked() {
-            app.commands.push(Command::Cancel(JobKind::Embed));
+            cmds.push(Command::Cancel(JobKind::Embed));
         }
     } else {
         let enabled = app.dataset.is_some();
@@ -96,7 +94,7 @@ pub fn show(app: &mut App, ui: &mut egui::Ui) {
             .add_enabled(enabled, egui::Button::new("Embed"))
             .clicked()
         {
-            app.commands.push(Command::StartEmbed);
+            cmds.push(Command::StartEmbed);
         }
         if let Some(true) = app.last_embed_cached {
             ui.weak("Last run was served from the cache.");

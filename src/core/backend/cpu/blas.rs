@@ -207,7 +207,7 @@ fn call_blas(
             if accumulate { 1.0 } else { 0.0 },
             c.as_mut_ptr(),
             ldc as i32,
-        )
+        );
     }
 }
 
@@ -227,7 +227,7 @@ pub fn sgemm(
     b: &[f32],
     c: &mut [f32],
 ) {
-    gemm_into(trans_a, trans_b, m, n, k, a, b, c, false)
+    gemm_into(trans_a, trans_b, m, n, k, a, b, c, false);
 }
 
 /// `c += op(a) · op(b)`, as [`sgemm`] otherwise (the dense layers start `c` as their bias).
@@ -242,7 +242,7 @@ pub fn sgemm_add(
     b: &[f32],
     c: &mut [f32],
 ) {
-    gemm_into(trans_a, trans_b, m, n, k, a, b, c, true)
+    gemm_into(trans_a, trans_b, m, n, k, a, b, c, true);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -372,7 +372,7 @@ pub fn sgemm_strided(
         (c, ldc),
         accumulate,
         gemm::Parallelism::None,
-    )
+    );
 }
 
 /// The `gemm` crate's product over strided row-major views, for inputs a caller has checked
@@ -414,7 +414,7 @@ fn strided_builtin(
             false,
             false,
             parallelism,
-        )
+        );
     }
 }
 
@@ -441,7 +441,7 @@ fn builtin_single(
         c,
         gemm::Parallelism::None,
         false,
-    )
+    );
 }
 
 /// [`sgemm`] on the `gemm` crate, for inputs [`sgemm`] has checked.
@@ -469,7 +469,7 @@ fn builtin(
         (c, n),
         accumulate,
         parallelism,
-    )
+    );
 }
 
 /// `batch` independent products [`sgemm`] describes, packed one after another in `a`, `b` and
@@ -507,7 +507,7 @@ pub fn sgemm_batched(
                     let (lda, ldb) = (if trans_a { m } else { k }, if trans_b { k } else { n });
                     call_blas(
                         lib, trans_a, trans_b, m, n, k, ai, lda, bi, ldb, ci, n, false,
-                    )
+                    );
                 }
                 None => builtin_single(trans_a, trans_b, m, n, k, ai, bi, ci),
             }

@@ -86,7 +86,7 @@ fn dropout_add(x: &[f32], mask: Option<&[f32]>, residual: &[f32], out: &mut [f32
                 .zip(x)
                 .zip(res)
                 .for_each(|((o, &x), &res)| *o = x + res),
-        })
+        });
     });
 }
 
@@ -113,7 +113,7 @@ fn activation_backward(act: HiddenAct, pre: &[f32], g: &mut [f32]) {
         .for_each(|(g, x)| match act {
             HiddenAct::Gelu => gelu_grad_into(g, x),
             HiddenAct::GeluNew => {
-                simd(|| g.iter_mut().zip(x).for_each(|(g, &x)| *g *= gelu_tanh(x).1))
+                simd(|| g.iter_mut().zip(x).for_each(|(g, &x)| *g *= gelu_tanh(x).1));
             }
             HiddenAct::Relu => g
                 .iter_mut()
@@ -259,7 +259,7 @@ pub(super) fn layer_forward(
         .for_each(|(row, (c, pr))| {
             let keep = keep.map(|m| &m[at.blocks[row].clone()]);
             let x = Qkv::from(q, k, v, ld, at.tokens[row]);
-            attend_sequence(dm, lens[row], x, bias, c, pr, keep)
+            attend_sequence(dm, lens[row], x, bias, c, pr, keep);
         });
     // Attention output: dense, dropout, residual, layer norm.
     let scratch = sized(&mut acts.scratch, n * h);

@@ -1,0 +1,389 @@
+//! The commands panels push and their handling after drawing: opening files and dialogs,
+//! starting embedding and fine-tuning jobs (refusing a second one of a kind), cancelling, and
+//! saving a trained model that is still in memory.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::state::{DialogTarget, JobKind, Level, Tab, TrainLog};
+use super::App;
+use crate::core::cache::EmbeddingCache;
+use crate::core::data::{load_triplets, DataError, DataStats, Dataset, TextSearch};
+use crate::core::encoder::EncoderOptions;
+use crate::core::jobs;
+use crate::core::metrics::Flip;
+use crate::core::model::ModelSource;
+use crate::core::pipeline::{
+    evaluate_model, fine_tune, Evaluation, FineTuneRequest, FineTuned, Validation,
+};
+use crate::core::train::{StopReason, TrainConfig, TrainEvent};
+
+/// What panels ask the app to do; handled after drawing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Load a triplet file.
+    OpenFile(PathBuf),
+    /// Open a file dialog.
+    Browse(DialogTarget),
+    /// Embed the dataset with the configured model.
+    StartEmbed,
+    /// Embed the dataset with a fine-tuned model folder, as the comparison.
+    EmbedComparison(PathBuf),
+    /// Fine-tune with the configured settings.
+    StartFineTune,
+    /// Save a trained model whose save failed, to the folder now configured.
+    SaveTrained,
+    /// Stop a job.
+    Cancel(JobKind),
+    /// Switch panel.
+    ShowTab(Tab),
+    /// Open a triplet in the inspector.
+    Inspect(usize),
+    /// Show only triplets of one flip kind in the inspector.
+    InspectFlips(Flip),
+    /// Remove a notification.
+    Dismiss(usize),
+}
+
+/// The result of a fine-tuning job.
+#[derive(Debug)]
+pub struct FineTuneResult {
+    /// Why training stopped.
+    pub stop: StopReason,
+    /// Step of the best checkpoint.
+    pub best_step: usize,
+    /// Where the model was saved and its evaluation on the whole dataset, or why saving failed
+    /// and the trained model, kept in memory so the user can save it elsewhere.
+    pub saved: Result<(PathBuf, Evaluation), (String, Arc<TrainedModel>)>,
+}
+
+/// A trained model that is not saved yet.
+pub type TrainedModel = FineTuned;
+
+/// Saves a trained model to `out` and embeds the dataset with it; a failed save hands the model
+/// back so nothing is lost.
+fn save_and_embed(
+    model: Arc<TrainedModel>,
+    out: &Path,
+    opts: &EncoderOptions,
+    data: &Dataset,
+    cache: Option<&EmbeddingCache>,
+    exiting: &AtomicBool,
+    ctx: &jobs::JobCtx<'_, TrainEvent>,
+) -> Result<FineTuneResult, String> {
+    let (stop, best_step) = (model.outcome.stop.clone(), model.outcome.best_step);
+    if let Err(e) = model.save(out) {
+        return Ok(FineTuneResult {
+            stop,
+            best_step,
+            saved: Err((format!("{e:#}"), model)),
+        });
+    }
+    if exiting.load(Ordering::SeqCst) {
+        return Err(format!(
+            "saved to {} as the app closed; not embedded",
+            out.display()
+        ));
+    }
+    let evaluation = ctx
+        .run_without_points(|c| {
+            evaluate_model(
+                &ModelSource::Dir(out.to_path_buf()),
+                opts,
+                &data.triplets,
+                cache,
+                c,
+            )
+        })
+        .map_err(|e| {
+            format!(
+                "the model was saved to {} but embedding it failed: {e:#}",
+                out.display()
+            )
+        })?;
+    Ok(FineTuneResult {
+        stop,
+        best_step,
+        saved: Ok((out.to_path_buf(), evaluation)),
+    })
+}
+
+/// The bundled sample, used when nothing else is given.
+pub fn bundled_sample() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/patents-sample.json")
+}
+
+/// The sample's bytes, built into the binary: a binary moved away from the source tree still
+/// opens it.
+const BUNDLED_SAMPLE: &[u8] = include_bytes!("../../../assets/patents-sample.json");
+
+/// Loads a triplet file; the bundled sample comes from the binary when its file is not there.
+fn load_or_bundled(path: &Path) -> Result<Dataset, DataError> {
+    match load_triplets(path) {
+        Err(DataError::Io { .. }) if path == bundled_sample() && !path.exists() => {
+            crate::core::data::parse_triplets(path, BUNDLED_SAMPLE)
+        }
+        r => r,
+    }
+}
+
+impl App {
+    /// Handles the commands pushed this frame.
+    pub fn handle_commands(&mut self) {
+        for cmd in std::mem::take(&mut self.commands) {
+            self.handle(cmd);
+        }
+    }
+
+    fn refuse(&mut self, what: &str, kind: JobKind) -> bool {
+        if self.is_running(kind) {
+            self.notify(
+                Level::Warning,
+                format!("{what} is already running; stop it first"),
+            );
+            return true;
+        }
+        false
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::OpenFile(path) => {
+                if self.refuse("Loading a file", JobKind::Load) {
+                    return;
+                }
+                if self.is_running(JobKind::Embed) || self.is_running(JobKind::FineTune) {
+                    self.notify(
+                        Level::Warning,
+                        "Stop the running job before opening another file",
+                    );
+                    return;
+                }
+                let spawned = jobs::spawn("load-triplets", self.wake(), move |_ctx| {
+                    let d = load_or_bundled(&path)?;
+                    let stats = DataStats::of(&d);
+                    let search = TextSearch::new(&d);
+                    Ok((d, stats, search))
+                });
+                match spawned {
+                    Ok(h) => self.load_job = Some(h),
+                    Err(e) => self.notify(Level::Error, format!("cannot start a thread: {e}")),
+                }
+            }
+            Command::Browse(target) => {
+                if self.dialog_job.is_some() {
+                    return;
+                }
+                let spawned = jobs::spawn("file-dialog", self.wake(), move |_ctx| {
+                    let dialog = rfd::FileDialog::new();
+                    Ok::<_, String>(match target {
+                        DialogTarget::DataFile => dialog
+                            .add_filter("triplets", &["json", "jsonl"])
+                            .pick_file(),
+                        DialogTarget::ModelFolder | DialogTarget::OutputFolder => {
+                            dialog.pick_folder()
+                        }
+                    })
+                });
+                match spawned {
+                    Ok(h) => {
+                        self.dialog_job = Some(h);
+                        self.dialog_target = Some(target);
+                    }
+                    Err(e) => self.notify(Level::Error, format!("cannot start a thread: {e}")),
+                }
+            }
+            Command::StartEmbed => self.start_embed(None),
+            Command::EmbedComparison(dir) => self.start_embed(Some(dir)),
+            Command::StartFineTune => self.start_fine_tune(),
+            Command::SaveTrained => self.save_trained(),
+            Command::Cancel(kind) => match kind {
+                JobKind::Load => {}
+                JobKind::Embed => {
+                    if let Some(j) = &self.embed_job {
+                        j.cancel();
+                    }
+                }
+                JobKind::FineTune => {
+                    if let Some(j) = &self.train_job {
+                        j.cancel();
+                    }
+                }
+            },
+            Command::ShowTab(tab) => self.tab = tab,
+            Command::Inspect(i) => {
+                self.inspector.selected = Some(i);
+                self.tab = Tab::Inspect;
+            }
+            Command::InspectFlips(f) => {
+                self.inspector.flip = Some(f);
+                self.inspector.rows = None;
+                self.inspector.wrong_only = false;
+                self.inspector.selected = None;
+                self.tab = Tab::Inspect;
+            }
+            Command::Dismiss(i) => {
+                if i < self.notifications.len() {
+                    self.notifications.remove(i);
+                }
+            }
+        }
+    }
+
+    fn start_embed(&mut self, comparison: Option<PathBuf>) {
+        if self.refuse("Embedding", JobKind::Embed) {
+            return;
+        }
+        let Some(data) = self.dataset.clone() else {
+            self.notify(Level::Warning, "Open a triplet file first");
+            return;
+        };
+        let source = match &comparison {
+            Some(dir) => ModelSource::Dir(dir.clone()),
+            None => ModelSource::parse(self.settings.model.trim()),
+        };
+        self.embed_target = comparison;
+        let opts = self.settings.encoder_options();
+        let cache = self
+            .settings
+            .use_cache
+            .then(|| EmbeddingCache::new(EmbeddingCache::default_dir()));
+        let spawned = jobs::spawn("embed", self.wake(), move |ctx| {
+            evaluate_model(&source, &opts, &data.triplets, cache.as_ref(), ctx)
+        });
+        match spawned {
+            Ok(h) => {
+                self.embed_job = Some(h);
+                self.embed_progress = None;
+            }
+            Err(e) => self.notify(Level::Error, format!("cannot start a thread: {e}")),
+        }
+    }
+
+    /// Where the fine-tuned model goes when the user gave no folder.
+    pub fn default_output_dir(&self) -> Option<PathBuf> {
+        let data = self.dataset.as_ref()?;
+        let stem = data.path.file_stem()?.to_string_lossy().to_string();
+        let model = self
+            .settings
+            .model
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or("model")
+            .to_string();
+        Some(
+            data.path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(format!("{model}-{stem}-finetuned")),
+        )
+    }
+
+    /// The folder the fine-tuned model is saved to: the user's, else next to the data file.
+    fn output_dir(&mut self) -> Option<PathBuf> {
+        match self.settings.train.out_dir.trim() {
+            "" => {
+                let dir = self.default_output_dir();
+                if dir.is_none() {
+                    self.notify(
+                        Level::Error,
+                        "Choose a folder to save the fine-tuned model to",
+                    );
+                }
+                dir
+            }
+            s => Some(PathBuf::from(s)),
+        }
+    }
+
+    fn save_trained(&mut self) {
+        if self.refuse("Fine-tuning", JobKind::FineTune) {
+            return;
+        }
+        let (Some(model), Some(data)) = (self.unsaved.clone(), self.dataset.clone()) else {
+            return;
+        };
+        let Some(out) = self.output_dir() else {
+            return;
+        };
+        let opts = self.settings.encoder_options();
+        let cache = self
+            .settings
+            .use_cache
+            .then(|| EmbeddingCache::new(EmbeddingCache::default_dir()));
+        let exiting = Arc::clone(&self.exiting);
+        let spawned = jobs::spawn("save-model", self.wake(), move |ctx| {
+            save_and_embed(model, &out, &opts, &data, cache.as_ref(), &exiting, ctx)
+        });
+        match spawned {
+            Ok(h) => self.train_job = Some(h),
+            Err(e) => self.notify(Level::Error, format!("cannot start a thread: {e}")),
+        }
+    }
+
+    fn start_fine_tune(&mut self) {
+        if self.refuse("Fine-tuning", JobKind::FineTune) {
+            return;
+        }
+        let Some(data) = self.dataset.clone() else {
+            self.notify(Level::Warning, "Open a triplet file first");
+            return;
+        };
+        let Some(out) = self.output_dir() else {
+            return;
+        };
+        let t = &self.settings.train;
+        let opts = self.settings.encoder_options();
+        let cfg = TrainConfig {
+            loss: t.loss,
+            epochs: t.epochs.max(1),
+            batch_size: t.batch_size.max(2),
+            lr: t.lr,
+            val_split: t.val_split,
+            eval_max_seq_len: opts.max_seq_len,
+            eval_batch_size: opts.batch_size,
+            prompts: opts.prompts.clone(),
+            ..TrainConfig::default()
+        };
+        let source = ModelSource::parse(self.settings.model.trim());
+        let cache = self
+            .settings
+            .use_cache
+            .then(|| EmbeddingCache::new(EmbeddingCache::default_dir()));
+        self.train_log = TrainLog::default();
+        let exiting = Arc::clone(&self.exiting);
+        let spawned = jobs::spawn(
+            "fine-tune",
+            self.wake(),
+            move |ctx| -> Result<FineTuneResult, String> {
+                let request = FineTuneRequest {
+                    source,
+                    data_path: &data.path,
+                    triplets: &data.triplets,
+                    validation: Validation::Split {
+                        share: cfg.val_split,
+                    },
+                    cfg,
+                };
+                let trained = fine_tune(&request, &mut |_| {}, ctx)
+                    .map_err(|e| crate::core::error_message(&e))?;
+                if exiting.load(Ordering::SeqCst) && trained.outcome.steps.is_empty() {
+                    return Err("the app closed before the first training step".into());
+                }
+                if matches!(trained.outcome.stop, StopReason::Cancelled { .. }) {
+                    // Stop ended training; the best checkpoint is still saved and embedded, and a
+                    // second Stop cancels that.
+                    ctx.cancel_token().reset();
+                }
+                let model = Arc::new(trained);
+                save_and_embed(model, &out, &opts, &data, cache.as_ref(), &exiting, ctx)
+            },
+        );
+        match spawned {
+            Ok(h) => self.train_job = Some(h),
+            Err(e) => self.notify(Level::Error, format!("cannot start a thread: {e}")),
+        }
+    }
+}

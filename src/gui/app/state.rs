@@ -1,0 +1,308 @@
+//! The app's state types: settings that persist (eframe storage), the panels' own UI state
+//! (tab, heatmap window, inspector filters), the training log and notifications. Domain data
+//! (datasets, evaluations) is computed by core jobs and held by [`super::App`].
+
+use std::path::PathBuf;
+
+use eframe::egui;
+
+use crate::core::encoder::{EncoderOptions, PromptChoice};
+use crate::core::jobs::Progress;
+use crate::core::metrics::Flip;
+use crate::core::model::DEFAULT_MODEL;
+use crate::core::train::{EvalPoint, LossKind, StepPoint, TrainConfig};
+
+/// How the app is started.
+#[derive(Debug, Clone, Default)]
+pub struct AppOptions {
+    /// A triplet file to open at start (else the bundled sample).
+    pub data: Option<PathBuf>,
+    /// A model to use (else the persisted or default one).
+    pub model: Option<String>,
+    /// Embed as soon as the data is loaded.
+    pub embed_on_start: bool,
+    /// Start fine-tuning once the first embedding is done.
+    pub fine_tune_on_start: bool,
+    /// A fine-tuned model folder to compare with once the first embedding is done.
+    pub compare_with: Option<PathBuf>,
+    /// The panel to show first.
+    pub tab: Option<Tab>,
+    /// A triplet to select in the inspector.
+    pub inspect: Option<usize>,
+    /// Where fine-tuned models are saved.
+    pub fine_tune_out: Option<PathBuf>,
+    /// Where a trained model that is not saved yet goes when the window closes (else
+    /// [`default_recovery_dir`]).
+    pub recovery_dir: Option<PathBuf>,
+}
+
+/// Prompt choice as the settings store it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PromptMode {
+    /// The folder's prompts or the family's defaults.
+    Auto,
+    /// No prompts.
+    None,
+    /// The two strings in the settings.
+    Custom,
+}
+
+/// Fine-tuning settings shown in the Fine-tune panel.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct TrainSettings {
+    /// Loss.
+    pub loss: LossKind,
+    /// Epochs.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Share of queries held out.
+    pub val_split: f64,
+    /// Where to save (empty: next to the data file).
+    pub out_dir: String,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        let d = TrainConfig::default();
+        Self {
+            loss: d.loss,
+            epochs: d.epochs,
+            batch_size: d.batch_size,
+            lr: d.lr,
+            val_split: d.val_split,
+            out_dir: String::new(),
+        }
+    }
+}
+
+/// Settings that persist between runs (eframe storage).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Hub id or folder.
+    pub model: String,
+    /// Tokens per text (`None`: the folder's).
+    pub max_seq_len: Option<usize>,
+    /// Texts per batch.
+    pub batch_size: usize,
+    /// Prompt mode.
+    pub prompt_mode: PromptMode,
+    /// Custom query prompt.
+    pub query_prompt: String,
+    /// Custom document prompt.
+    pub document_prompt: String,
+    /// Matryoshka truncation.
+    pub truncate_dim: Option<usize>,
+    /// Use the embedding cache.
+    pub use_cache: bool,
+    /// Recently opened triplet files, newest first.
+    pub recent_files: Vec<PathBuf>,
+    /// Fine-tuning.
+    pub train: TrainSettings,
+    /// Loss-curve smoothing weight in [0, 1).
+    pub smoothing: f64,
+    /// K of the metrics panel.
+    pub top_k: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            model: DEFAULT_MODEL.into(),
+            max_seq_len: None,
+            batch_size: 32,
+            prompt_mode: PromptMode::Auto,
+            query_prompt: "query: ".into(),
+            document_prompt: "passage: ".into(),
+            truncate_dim: None,
+            use_cache: true,
+            recent_files: Vec::new(),
+            train: TrainSettings::default(),
+            smoothing: 0.6,
+            top_k: 5,
+        }
+    }
+}
+
+impl Settings {
+    /// The encoder options these settings describe.
+    pub fn encoder_options(&self) -> EncoderOptions {
+        EncoderOptions {
+            max_seq_len: self.max_seq_len,
+            batch_size: self.batch_size.max(1),
+            prompts: match self.prompt_mode {
+                PromptMode::Auto => PromptChoice::Auto,
+                PromptMode::None => PromptChoice::None,
+                PromptMode::Custom => PromptChoice::Custom {
+                    query: self.query_prompt.clone(),
+                    document: self.document_prompt.clone(),
+                },
+            },
+            truncate_dim: self.truncate_dim,
+        }
+    }
+}
+
+/// The panels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tab {
+    /// Counts, lengths, validation report.
+    Data,
+    /// Metrics table and margin histogram.
+    Metrics,
+    /// Similarity heatmap.
+    Heatmap,
+    /// Fine-tuning and its curves.
+    FineTune,
+    /// Zero-shot vs fine-tuned.
+    Compare,
+    /// Triplet table and details.
+    Inspect,
+}
+
+impl Tab {
+    /// Every tab in order.
+    pub const ALL: [Tab; 6] = [
+        Tab::Data,
+        Tab::Metrics,
+        Tab::Heatmap,
+        Tab::FineTune,
+        Tab::Compare,
+        Tab::Inspect,
+    ];
+    /// Its label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Tab::Data => "Data",
+            Tab::Metrics => "Metrics",
+            Tab::Heatmap => "Heatmap",
+            Tab::FineTune => "Fine-tune",
+            Tab::Compare => "Compare",
+            Tab::Inspect => "Inspect",
+        }
+    }
+}
+
+/// Which background job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// Reading a triplet file.
+    Load,
+    /// Embedding and evaluating.
+    Embed,
+    /// Fine-tuning, saving and re-embedding.
+    FineTune,
+}
+
+/// What a file dialog is choosing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialogTarget {
+    /// A triplet file to open.
+    DataFile,
+    /// A model folder.
+    ModelFolder,
+    /// Where to save the fine-tuned model.
+    OutputFolder,
+}
+
+/// Severity of a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Something finished.
+    Info,
+    /// Something to know.
+    Warning,
+    /// Something failed.
+    Error,
+}
+
+/// A message in the notification area.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    /// Severity.
+    pub level: Level,
+    /// Text, with the full cause chain for errors.
+    pub text: String,
+}
+
+/// Live view of a training run.
+#[derive(Debug, Default, Clone)]
+pub struct TrainLog {
+    /// Steps so far.
+    pub steps: Vec<StepPoint>,
+    /// Validations so far.
+    pub evals: Vec<EvalPoint>,
+    /// Steps planned.
+    pub total_steps: usize,
+    /// The latest progress of any stage.
+    pub progress: Option<Progress>,
+    /// The outcome of the last finished run, for the panel.
+    pub finished: Option<String>,
+}
+
+/// Heatmap view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeatmapView {
+    /// Documents × documents (pos₀, neg₀, pos₁, neg₁, ...).
+    DocDoc,
+    /// Queries × queries.
+    QueryQuery,
+    /// Queries × documents.
+    QueryDoc,
+}
+
+/// One computed heatmap window and its texture.
+pub struct CachedWindow {
+    /// (fine-tuned model?, view, first row, first column).
+    pub key: (bool, HeatmapView, usize, usize),
+    /// Cosines, rows × cols row-major.
+    pub values: Vec<f32>,
+    /// Rows in the window.
+    pub rows: usize,
+    /// Columns in the window.
+    pub cols: usize,
+    /// The colour scale the texture was drawn with.
+    pub scale: (f32, f32),
+    /// The texture, if drawn.
+    pub texture: Option<egui::TextureHandle>,
+}
+
+/// Heatmap window position and cache.
+pub struct HeatmapState {
+    /// Which matrix.
+    pub view: HeatmapView,
+    /// First row of the window.
+    pub row0: usize,
+    /// First column of the window.
+    pub col0: usize,
+    /// Recently computed windows (a few, newest last).
+    pub cache: Vec<CachedWindow>,
+    /// Windows computed so far (tests check that only visible windows are computed).
+    pub windows_computed: usize,
+}
+
+/// Documents ranked above a positive, with their cosines, best first.
+pub type Outranking = Vec<(usize, f64)>;
+
+/// Inspector filters and selection.
+#[derive(Debug, Clone, Default)]
+pub struct InspectorState {
+    /// The triplet shown in detail.
+    pub selected: Option<usize>,
+    /// Only triplets ranked wrong (by the zero-shot model).
+    pub wrong_only: bool,
+    /// Only triplets of this flip kind.
+    pub flip: Option<Flip>,
+    /// Case-insensitive text filter.
+    pub search: String,
+    /// Sort by rank of the positive (descending) instead of margin (ascending).
+    pub sort_by_rank: bool,
+    /// Outranking documents of the selection: (selection, fine-tuned?) -> (doc, score).
+    pub outranking: Vec<((usize, bool), Outranking)>,
+    /// The filtered, sorted triplet list and the filter it was computed for.
+    pub rows: Option<(String, Vec<usize>)>,
+}
