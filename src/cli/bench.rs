@@ -214,6 +214,21 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         let t_metrics = Instant::now();
         let result = evaluate(&eval.index);
         let metrics_secs = t_metrics.elapsed().as_secs_f64();
+        // Uncertainty: every metric's bootstrap interval, then a paired comparison (the model
+        // against itself: the same work as against another).
+        use crate::core::metrics::uncertainty::{
+            intervals, paired, DEFAULT_RESAMPLES, DEFAULT_SEED,
+        };
+        let t_boot = Instant::now();
+        let _ = intervals(&result, DEFAULT_RESAMPLES, DEFAULT_SEED);
+        let intervals_secs = t_boot.elapsed().as_secs_f64();
+        let t_boot = Instant::now();
+        let _ = paired(&result, &result, DEFAULT_RESAMPLES, DEFAULT_SEED);
+        let paired_secs = t_boot.elapsed().as_secs_f64();
+        eprintln!(
+            "uncertainty over {} queries, {DEFAULT_RESAMPLES} resamples: intervals {intervals_secs:.3} s, paired intervals and p-values {paired_secs:.3} s",
+            result.n_queries
+        );
         let t_index = Instant::now();
         let index = RetrievalIndex::build(
             &reopened.triplets,
@@ -258,7 +273,8 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
                    "metrics_secs": metrics_secs, "index_secs": index_secs, "window_50x50_ms": window_secs * 1e3,
                    "inspector_query_ms": inspector_secs * 1e3, "triplets": result.n_triplets,
                    "window_cells": w.len(), "outranking_listed": outranking.len(),
-                   "text_search_ms": search_secs * 1e3, "text_search_index_ms": search_index_secs * 1e3}),
+                   "text_search_ms": search_secs * 1e3, "text_search_index_ms": search_index_secs * 1e3,
+                   "bootstrap_intervals_secs": intervals_secs, "paired_bootstrap_and_permutation_secs": paired_secs}),
         );
     }
     let peak = peak_rss_mib();

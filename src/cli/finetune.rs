@@ -10,7 +10,9 @@ use crate::core::encoder::PromptChoice;
 use crate::core::jobs::{CancelToken, JobCtx, Update};
 use crate::core::metrics::{lower_is_better, metric_keys};
 use crate::core::model::ModelSource;
-use crate::core::pipeline::{fine_tune, stop_summary, FineTuneRequest, Validation};
+use crate::core::pipeline::{
+    fine_tune, stop_summary, would_replace, FineTuneRequest, Validation, RUN_RECORD_FILE,
+};
 use crate::core::train::{TrainConfig, TrainEvent, TrainOutcome};
 
 /// The metrics shown in the live log and the summary line of the model card.
@@ -49,11 +51,16 @@ pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<()> {
         prompts: PromptChoice::parse(&args.prompts).map_err(anyhow::Error::msg)?,
         ..TrainConfig::default()
     };
+    if let Some(why) = would_replace(&args.out) {
+        if !args.overwrite {
+            anyhow::bail!(
+                "{why}: choose another --out, or pass --overwrite to replace it (the old folder \
+                 is replaced only once the new model is saved)"
+            );
+        }
+    }
     let validation = match &args.val {
-        Some(path) => Validation::File {
-            path: path.clone(),
-            triplets: load_data(path)?.triplets,
-        },
+        Some(path) => Validation::File(load_data(path)?),
         None => Validation::Split {
             share: cfg.val_split,
         },
@@ -65,7 +72,7 @@ pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<()> {
         cfg.loss.name(),
         args.data.display(),
         match &validation {
-            Validation::File { path, .. } => format!("validating on {}", path.display()),
+            Validation::File(v) => format!("validating on {}", v.path.display()),
             Validation::Split { share } => format!(
                 "{:.0} % of the queries held out for validation",
                 share * 100.0
@@ -74,8 +81,7 @@ pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<()> {
     );
     let request = FineTuneRequest {
         source,
-        data_path: &args.data,
-        triplets: &data.triplets,
+        data: &data,
         validation,
         cfg: cfg.clone(),
     };
@@ -142,7 +148,10 @@ pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<()> {
     trained
         .save(&args.out)
         .with_context(|| format!("cannot save the model to {}", args.out.display()))?;
-    eprintln!("Saved to {}", args.out.display());
+    eprintln!(
+        "Saved to {} (its run record: {RUN_RECORD_FILE})",
+        args.out.display()
+    );
 
     if let Some(path) = &args.json {
         let log = serde_json::json!({

@@ -1,6 +1,7 @@
 //! The command line: each subcommand parses its flags and calls into `core`.
 
 mod bench;
+mod compare;
 mod eval;
 mod finetune;
 mod progress;
@@ -37,6 +38,10 @@ pub enum Command {
     /// Fine-tune a model on triplets, validate as it trains, and save the best checkpoint as a
     /// sentence-transformers folder.
     Finetune(FinetuneArgs),
+    /// Compare two models on the same triplets (by default the rows the fine-tuned one never
+    /// trained on): every metric with its 95 % interval, every difference with a paired interval
+    /// and p-value.
+    Compare(CompareArgs),
     /// Measure embedding throughput, fine-tuning step time, metric time, cached open to first
     /// heatmap, and peak memory.
     Bench(BenchArgs),
@@ -113,7 +118,8 @@ pub struct EncoderArgs {
     /// Prompts: `auto` (the folder's, or e5's "query: "/"passage: "), `none`, or `QUERY,DOCUMENT`.
     #[arg(long, default_value = "auto")]
     pub prompts: String,
-    /// Keep only the first N dimensions (Matryoshka), then re-normalise.
+    /// Keep only the first N dimensions (Matryoshka), after the Normalize module, as
+    /// sentence-transformers' truncate_dim.
     #[arg(long)]
     pub truncate_dim: Option<usize>,
     /// Neither read nor write the embedding cache.
@@ -164,6 +170,49 @@ pub struct EvalArgs {
     pub encoder: EncoderArgs,
 }
 
+/// `tripletlab compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Triplet file (JSON array or JSON lines).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// A model (hub id or folder), given twice: A (e.g. the base model), then B (e.g. the
+    /// fine-tuned folder).
+    #[arg(long = "model", required = true)]
+    pub models: Vec<String>,
+    /// Triplets to measure: held-out, training or all [default: held-out when a model's run
+    /// record matches the file, else all].
+    #[arg(long)]
+    pub subset: Option<String>,
+    /// Write metrics, intervals, deltas and p-values as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a report here: self-contained HTML, or Markdown when the name ends in `.md`.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Write one row per measured triplet (texts, both models' scores, flip class) as CSV here.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Bootstrap resamples (and permutations) behind the intervals and p-values.
+    #[arg(long, default_value_t = crate::core::metrics::uncertainty::DEFAULT_RESAMPLES)]
+    pub resamples: usize,
+    /// Seed of the resamples.
+    #[arg(long, default_value_t = crate::core::metrics::uncertainty::DEFAULT_SEED)]
+    pub seed: u64,
+    /// Tokens per text [default: each folder's max_seq_length].
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Prompts: `auto`, `none`, or `QUERY,DOCUMENT`.
+    #[arg(long, default_value = "auto")]
+    pub prompts: String,
+    /// Neither read nor write the embedding cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
 /// `tripletlab finetune`.
 #[derive(Debug, Args)]
 pub struct FinetuneArgs {
@@ -173,9 +222,13 @@ pub struct FinetuneArgs {
     /// Hub id or local folder of the model to start from.
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
-    /// Folder to save the fine-tuned model to (sentence-transformers layout).
+    /// Folder to save the fine-tuned model to (sentence-transformers layout); an existing
+    /// non-empty folder is refused unless --overwrite.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace --out if it exists (atomically, once the new model is saved).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Loss: mnrl (MultipleNegativesRankingLoss), contrastive (the notebook's), triplet.
     #[arg(long, value_parser = parse_loss, default_value = "mnrl")]
     pub loss: LossKind,
@@ -284,6 +337,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Embed(args) => eval::embed(&args),
         Command::Eval(args) => eval::eval(&args),
         Command::Finetune(args) => finetune::finetune(&args),
+        Command::Compare(args) => compare::compare(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::Check(args) => check(&args),
     }

@@ -136,22 +136,60 @@ fn fine_tune_streams_loss_points_stop_works_and_compare_shows_deltas_and_flips()
     assert!(out.join("model.safetensors").is_file());
 
     h.get_by_label("Compare").click();
+    step_until(&mut h, "the comparison", |a| {
+        a.experiments.comparison.is_some()
+    });
     h.step();
-    h.step();
+    // Measured on the held-out rows by default, and it says so with the counts.
+    let (note, n_held, delta) = {
+        let app = h.state();
+        let c = app.experiments.comparison.as_ref().unwrap();
+        assert_eq!(c.rows.subset, tripletlab::core::pipeline::Subset::HeldOut);
+        let record = app.experiments.record.as_ref().expect("the run record");
+        let tripletlab::core::pipeline::record::Split::HeldOut {
+            held_out_rows,
+            train_rows,
+            ..
+        } = &record.split
+        else {
+            panic!("{:?}", record.split)
+        };
+        assert_eq!(c.a.n_triplets, held_out_rows.len());
+        assert!(held_out_rows.len() < 40 && train_rows.len() + held_out_rows.len() == 40);
+        (
+            c.rows.note.clone(),
+            held_out_rows.len(),
+            c.deltas["cosine_ndcg@10"],
+        )
+    };
+    assert!(
+        note.contains(&format!("measured on {n_held} held-out")),
+        "{note}"
+    );
+    assert!(
+        h.query_by_label(&note).is_some(),
+        "the note is not shown: {note}"
+    );
+    // Each difference with its interval.
+    let text = format!(
+        "{:+.4} [{:+.3}, {:+.3}]",
+        delta.delta, delta.ci95[0], delta.ci95[1]
+    );
+    assert!(
+        h.query_all_by_label(&text).next().is_some(),
+        "no difference {text}"
+    );
     for flip in ["fixed", "broken", "still wrong", "still right"] {
         assert!(h.query_by_label(flip).is_some(), "no {flip} row");
     }
-    let app = h.state();
-    let (b, a) = (
-        app.zero_shot.as_ref().unwrap(),
-        app.fine_tuned.as_ref().unwrap(),
-    );
-    let delta = a.result.metrics["cosine_ndcg@10"] - b.result.metrics["cosine_ndcg@10"];
-    let text = format!("{delta:+.4}");
-    assert!(
-        h.query_all_by_label(&text).next().is_some(),
-        "no delta {text}"
-    );
+    // All triplets on request.
+    h.get_by_label("all triplets").click();
+    step_until(&mut h, "the comparison on all rows", |a| {
+        a.experiments
+            .comparison
+            .as_ref()
+            .is_some_and(|c| c.a.n_triplets == 40)
+    });
 }
 
 #[test]
@@ -380,4 +418,54 @@ fn closing_the_window_with_an_unsaved_model_keeps_it_in_the_recovery_folder() {
         .iter()
         .any(|n| n.text.contains(&saved[0].display().to_string()));
     assert!(shown, "no notification about the recovered model");
+}
+
+#[test]
+fn fine_tuning_proposes_a_fresh_folder_and_asks_before_replacing_one() {
+    let f = fixture(40);
+    let mut h = harness(&f);
+    step_until(&mut h, "the file to load", |a| a.dataset.is_some());
+    // Every run gets a fresh numbered folder next to the data file.
+    let proposed = h.state().default_output_dir().expect("a proposed folder");
+    assert!(
+        proposed.starts_with(f.work.path()),
+        "{}",
+        proposed.display()
+    );
+    assert!(
+        proposed.display().to_string().ends_with("-fine-tuned-001"),
+        "{}",
+        proposed.display()
+    );
+    std::fs::create_dir_all(&proposed).unwrap();
+    std::fs::write(proposed.join("keep.txt"), "earlier work").unwrap();
+    // A folder that holds something is never replaced without asking.
+    h.state_mut().settings.train.out_dir = proposed.display().to_string();
+    h.state_mut().commands.push(Command::ShowTab(Tab::FineTune));
+    h.step();
+    h.step();
+    h.get_by_label("Start fine-tuning").click();
+    h.step();
+    h.step();
+    assert!(!h.state().is_running(tripletlab::gui::JobKind::FineTune));
+    assert!(h
+        .query_by_label_contains("already exists and is not empty")
+        .is_some());
+    h.get_by_label("Keep it (choose another folder)").click();
+    h.step();
+    h.step();
+    assert!(h.state().confirm_replace.is_none());
+    assert!(proposed.join("keep.txt").is_file());
+    h.get_by_label("Start fine-tuning").click();
+    h.step();
+    h.step();
+    h.get_by_label("Replace it").click();
+    h.step();
+    assert!(h.state().is_running(tripletlab::gui::JobKind::FineTune));
+    h.state_mut()
+        .commands
+        .push(Command::Cancel(tripletlab::gui::JobKind::FineTune));
+    step_until(&mut h, "the run to end", |a| {
+        !a.is_running(tripletlab::gui::JobKind::FineTune)
+    });
 }

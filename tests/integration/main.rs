@@ -5,6 +5,7 @@ mod bad_inputs;
 mod cli;
 mod common;
 mod data_files;
+mod experiments;
 mod gui;
 mod layering;
 mod metrics_reference;

@@ -31,6 +31,7 @@ fn save_version(folder: &ModelFolder, ck: &Checkpoint, out: &Path, v: u32) {
         max_seq_length: 32,
         prompts: Prompts::none(),
         model_card: format!("version {v}\n"),
+        extra_files: Vec::new(),
     };
     save_model_folder(out, folder, ck, &weights, &settings, &mut |_| {}).unwrap();
 }
@@ -356,6 +357,7 @@ fn a_full_disk_fails_the_save_cleanly_and_embedding_runs_uncached() {
         max_seq_length: 32,
         prompts: Prompts::none(),
         model_card: "# test\n".into(),
+        extra_files: Vec::new(),
     };
     let out = disk.0.join("model");
     let err = save_model_folder(&out, &folder, &ck, &HashMap::new(), &settings, &mut |_| {})

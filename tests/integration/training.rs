@@ -368,6 +368,7 @@ fn settings() -> SaveSettings {
         max_seq_length: 48,
         prompts: Prompts::none(),
         model_card: "# test\n".into(),
+        extra_files: Vec::new(),
     }
 }
 

@@ -9,6 +9,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Largest cache segment read (one run's vectors; a larger file there is not ours).
+const SEGMENT_LIMIT_BYTES: u64 = 4 << 30;
 /// Segment file magic and version.
 const MAGIC: &[u8; 4] = b"TLEC";
 const VERSION: u32 = 1;
@@ -115,14 +117,15 @@ impl EmbeddingCache {
             .collect();
         let mut readable = Vec::with_capacity(segments.len());
         for path in &segments {
-            match std::fs::read(path) {
+            match crate::core::files::read_bounded(path, SEGMENT_LIMIT_BYTES) {
                 Ok(bytes) => {
                     if read_segment(&bytes, dim, path, &mut shard) {
                         readable.push(path.clone());
                     }
                 }
                 // Another instance may have merged and removed it since we listed the folder.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(crate::core::files::ReadError::Io(e))
+                    if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => shard
                     .warnings
                     .push(format!("cannot read {}: {e}", path.display())),

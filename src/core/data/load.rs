@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::core::files::ReadError;
+
 use super::{
     DataError, Dataset, Field, FileFormat, KeySet, QualityWarning, RowProblem, SkippedRow, Triplet,
     ValidationReport,
@@ -14,44 +16,55 @@ use super::{
 /// Largest triplet file the loader reads into memory (1 GiB); larger files are refused.
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
-/// Loads and validates a triplet file (JSON array or JSON lines, either key set).
+/// Loads and validates a triplet file (JSON array or JSON lines, either key set). Only regular
+/// files are opened (a FIFO would block, a device never end), and the read stops at the limit.
 pub fn load_triplets(path: &Path) -> Result<Dataset, DataError> {
-    let io_err = |source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let meta = std::fs::metadata(path).map_err(io_err)?;
-    if meta.is_dir() {
-        return Err(DataError::IsDirectory {
-            path: path.to_path_buf(),
-        });
-    }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(DataError::TooLarge {
-            path: path.to_path_buf(),
-            size_bytes: meta.len(),
-            limit_bytes: MAX_FILE_BYTES,
-        });
-    }
-    let bytes = read_unchanged(path, &mut || {})?;
+    let bytes = read_unchanged(path, MAX_FILE_BYTES, &mut || {})?;
     parse_triplets(path, &bytes)
 }
 
-/// Reads a whole file and checks that it did not change meanwhile (size and modification time of
-/// the open file and of the path, before and after): a pipeline still writing the file, or
-/// replacing it, gives [`DataError::ChangedWhileReading`] instead of a mix of two versions.
-/// `after_read` runs between the read and the check (tests change the file there).
-fn read_unchanged(path: &Path, after_read: &mut dyn FnMut()) -> Result<Vec<u8>, DataError> {
+/// Reads a whole regular file of at most `limit` bytes and checks that it did not change
+/// meanwhile (size and modification time of the open file and of the path, before and after): a
+/// pipeline still writing the file, or replacing it, gives [`DataError::ChangedWhileReading`]
+/// instead of a mix of two versions. `after_read` runs between the read and the check (tests
+/// change the file there).
+fn read_unchanged(
+    path: &Path,
+    limit: u64,
+    after_read: &mut dyn FnMut(),
+) -> Result<Vec<u8>, DataError> {
     use std::io::Read;
     let io_err = |source| DataError::Io {
         path: path.to_path_buf(),
         source,
     };
+    let too_large = |size_bytes| DataError::TooLarge {
+        path: path.to_path_buf(),
+        size_bytes,
+        limit_bytes: limit,
+    };
+    let file = crate::core::files::open_regular(path).map_err(|e| match e {
+        ReadError::Io(source) => io_err(source),
+        ReadError::NotRegular { kind: "folder" } => DataError::IsDirectory {
+            path: path.to_path_buf(),
+        },
+        ReadError::NotRegular { kind } => DataError::NotRegular {
+            path: path.to_path_buf(),
+            kind,
+        },
+        ReadError::TooLarge { limit_bytes } => too_large(limit_bytes),
+    })?;
     let stamp = |m: &std::fs::Metadata| (m.len(), m.modified().ok(), file_identity(m));
-    let mut file = std::fs::File::open(path).map_err(io_err)?;
     let before = stamp(&file.metadata().map_err(io_err)?);
+    if before.0 > limit {
+        return Err(too_large(before.0));
+    }
     let mut bytes = Vec::with_capacity(before.0 as usize);
-    file.read_to_end(&mut bytes).map_err(io_err)?;
+    let mut reader = (&file).take(limit.saturating_add(1));
+    reader.read_to_end(&mut bytes).map_err(io_err)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64));
+    }
     after_read();
     let now_open = stamp(&file.metadata().map_err(io_err)?);
     let now_path = std::fs::metadata(path).map(|m| stamp(&m)).ok();
@@ -79,6 +92,7 @@ fn file_identity(_: &std::fs::Metadata) -> (u64, u64) {
 /// Validates triplets from bytes already in memory; `path` is used in messages.
 pub fn parse_triplets(path: &Path, bytes: &[u8]) -> Result<Dataset, DataError> {
     let path_buf = path.to_path_buf();
+    let sha256 = sha256_hex(bytes);
     if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
         return Err(DataError::NotUtf8 {
             path: path_buf,
@@ -112,7 +126,18 @@ pub fn parse_triplets(path: &Path, bytes: &[u8]) -> Result<Dataset, DataError> {
             });
         }
     };
-    validate_rows(path_buf, format, rows)
+    let mut dataset = validate_rows(path_buf, format, rows)?;
+    dataset.sha256 = sha256;
+    Ok(dataset)
+}
+
+/// SHA-256 of bytes, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// One row before validation: its parsed value (or parse problem) and line.
@@ -219,6 +244,7 @@ fn validate_rows(
         key_set: key_set.unwrap_or(KeySet::QueryPosNegative),
         triplets,
         source_rows,
+        sha256: String::new(),
         report,
     })
 }
@@ -421,7 +447,10 @@ mod tests {
         let path = dir.join("growing.jsonl");
         let line = "{\"query\": \"q\", \"pos\": \"p\", \"negative\": \"n\"}\n";
         std::fs::write(&path, line).unwrap();
-        assert_eq!(read_unchanged(&path, &mut || {}).unwrap(), line.as_bytes());
+        assert_eq!(
+            read_unchanged(&path, MAX_FILE_BYTES, &mut || {}).unwrap(),
+            line.as_bytes()
+        );
         let append = || {
             use std::io::Write;
             let mut f = std::fs::OpenOptions::new()
@@ -430,14 +459,14 @@ mod tests {
                 .unwrap();
             f.write_all(line.as_bytes()).unwrap();
         };
-        let err = read_unchanged(&path, &mut || append()).unwrap_err();
+        let err = read_unchanged(&path, MAX_FILE_BYTES, &mut || append()).unwrap_err();
         assert!(
             err.to_string().contains("changed while it was being read"),
             "{err}"
         );
         // Replaced by a new file of the same size (the way pipelines write atomically).
         let other = dir.join("other.jsonl");
-        let err = read_unchanged(&path, &mut || {
+        let err = read_unchanged(&path, MAX_FILE_BYTES, &mut || {
             std::fs::write(&other, line.replace("\"q\"", "\"r\"").repeat(2)).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(5));
             std::fs::rename(&other, &path).unwrap();
@@ -449,6 +478,45 @@ mod tests {
         );
         assert_eq!(load_triplets(&path).unwrap().len(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn devices_fifos_and_files_over_the_limit_are_refused_without_reading_them() {
+        // /dev/zero never ends and reports a size of 0: refused before any byte is read.
+        if Path::new("/dev/zero").exists() {
+            let err = load_triplets(Path::new("/dev/zero")).unwrap_err();
+            assert!(matches!(err, DataError::NotRegular { .. }), "{err}");
+            assert!(err.to_string().contains("character device"), "{err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.jsonl");
+        if std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            // Opening a FIFO without a writer would block: the loader must answer at once.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let f = fifo.clone();
+            std::thread::spawn(move || tx.send(load_triplets(&f).unwrap_err().to_string()));
+            let msg = rx
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .expect("loading a FIFO blocked");
+            assert!(msg.contains("FIFO") && msg.contains("pipe.jsonl"), "{msg}");
+        }
+        let big = dir.path().join("big.jsonl");
+        std::fs::write(&big, "x".repeat(100)).unwrap();
+        let err = read_unchanged(&big, 50, &mut || {}).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DataError::TooLarge {
+                    limit_bytes: 50,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod report;
 mod search;
 mod stats;
 
-pub use load::{load_triplets, parse_triplets, MAX_FILE_BYTES};
+pub use load::{load_triplets, parse_triplets, sha256_hex, MAX_FILE_BYTES};
 pub use report::{QualityWarning, RowProblem, SkippedRow, ValidationReport};
 pub use search::TextSearch;
 pub use stats::{DataStats, LengthStats};
@@ -92,6 +92,8 @@ pub struct Dataset {
     pub triplets: Vec<Triplet>,
     /// For each valid triplet, its row index in the file (0-based).
     pub source_rows: Vec<usize>,
+    /// SHA-256 of the file's bytes, hex: run records name the data they were trained on by it.
+    pub sha256: String,
     /// Skipped rows and quality warnings.
     pub report: ValidationReport,
 }
@@ -135,9 +137,17 @@ pub enum DataError {
         /// The path.
         path: PathBuf,
     },
-    /// The file is larger than the loader accepts.
+    /// Not a regular file: a device, FIFO or socket would never end or block the read.
+    #[error("{path} is a {kind}, not a regular file: expected a triplet file (.json or .jsonl)")]
+    NotRegular {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// The file is larger than the loader accepts (or grew past the limit while it was read).
     #[error(
-        "{path} is {size_bytes} bytes, more than the {limit_bytes}-byte limit for a triplet file"
+        "{path} is {size_bytes} bytes or more, over the {limit_bytes}-byte limit for a triplet file"
     )]
     TooLarge {
         /// The file.

@@ -5,10 +5,11 @@
 //! (block × documents), never documents².
 
 mod index;
+pub mod uncertainty;
 mod views;
 
 pub use index::RetrievalIndex;
-pub use views::{flip_counts, histogram, outranking, similarity_window, Flip};
+pub use views::{dot_f32, flip_counts, histogram, outranking, similarity_window, Flip};
 
 use std::collections::BTreeMap;
 
@@ -41,6 +42,20 @@ pub fn metric_keys() -> Vec<String> {
     }
     keys.extend(["cosine_mrr@10", "cosine_ndcg@10", "cosine_map@100"].map(String::from));
     keys
+}
+
+/// The query-level metric keys, in the order of [`EvalResult::per_query`]'s values.
+pub fn query_metric_keys() -> Vec<String> {
+    metric_keys()
+        .into_iter()
+        .filter(|k| !is_triplet_level(k))
+        .collect()
+}
+
+/// True for the metrics averaged over triplets (accuracy, negatives in top K); the others are
+/// averaged over distinct queries.
+pub fn is_triplet_level(key: &str) -> bool {
+    key == "cosine_accuracy" || key.starts_with("neg_in_top_")
 }
 
 /// A plain-language label of a metric key, for tables in the CLI and the GUI.
@@ -92,6 +107,13 @@ pub struct EvalResult {
     pub metrics: BTreeMap<String, f64>,
     /// One row per triplet, in triplet order.
     pub per_triplet: Vec<TripletScore>,
+    /// For each distinct query, its value of every query-level metric, in the order of
+    /// [`query_metric_keys`] (the metrics are their means).
+    #[serde(skip)]
+    pub per_query: Vec<Vec<f64>>,
+    /// For each triplet, its query's index in `per_query`.
+    #[serde(skip)]
+    pub query_of_triplet: Vec<usize>,
     /// Triplets.
     pub n_triplets: usize,
     /// Distinct queries.
@@ -210,55 +232,58 @@ pub fn evaluate(index: &RetrievalIndex) -> EvalResult {
         m.insert(format!("neg_in_top_{k}"), share(&|s| s.rank_neg <= k));
     }
 
-    let mut acc = [0.0; 4];
-    let mut prec = [0.0; 4];
-    let mut rec = [0.0; 4];
-    let (mut mrr, mut ndcg, mut map) = (0.0, 0.0, 0.0);
-    for q in 0..n_q {
-        let mut r: Vec<usize> = index.relevant[q].iter().map(|&d| rank_of(q, d)).collect();
-        r.sort_unstable();
-        let n_rel = r.len() as f64;
-        for (i, k) in IR_KS.iter().enumerate() {
-            let hits = r.iter().filter(|&&x| x <= *k).count() as f64;
-            acc[i] += (hits > 0.0) as u8 as f64;
-            prec[i] += hits / *k as f64;
-            rec[i] += hits / n_rel;
-        }
-        if r[0] <= 10 {
-            mrr += 1.0 / r[0] as f64;
-        }
-        let dcg: f64 = r
-            .iter()
-            .filter(|&&x| x <= 10)
-            .map(|&x| 1.0 / ((x + 1) as f64).log2())
-            .sum();
-        let idcg: f64 = (0..r.len().min(10))
-            .map(|i| 1.0 / ((i + 2) as f64).log2())
-            .sum();
-        ndcg += dcg / idcg;
-        let mut ap = 0.0;
-        for (hits, &x) in r.iter().filter(|&&x| x <= 100).enumerate() {
-            ap += (hits + 1) as f64 / x as f64;
-        }
-        map += ap / r.len().min(100) as f64;
-    }
+    // Each query's values in the order of query_metric_keys(): accuracy@k, precision@k,
+    // recall@k (k in IR_KS), MRR@10, nDCG@10, MAP@100.
+    let per_query: Vec<Vec<f64>> = (0..n_q)
+        .map(|q| {
+            let mut r: Vec<usize> = index.relevant[q].iter().map(|&d| rank_of(q, d)).collect();
+            r.sort_unstable();
+            query_values(&r)
+        })
+        .collect();
     let nq = n_q.max(1) as f64;
-    for (i, k) in IR_KS.iter().enumerate() {
-        m.insert(format!("cosine_accuracy@{k}"), acc[i] / nq);
-        m.insert(format!("cosine_precision@{k}"), prec[i] / nq);
-        m.insert(format!("cosine_recall@{k}"), rec[i] / nq);
+    for (i, key) in query_metric_keys().into_iter().enumerate() {
+        m.insert(key, per_query.iter().map(|v| v[i]).sum::<f64>() / nq);
     }
-    m.insert("cosine_mrr@10".into(), mrr / nq);
-    m.insert("cosine_ndcg@10".into(), ndcg / nq);
-    m.insert("cosine_map@100".into(), map / nq);
 
     EvalResult {
         metrics: m,
         n_triplets: per_triplet.len(),
         per_triplet,
+        per_query,
+        query_of_triplet: index.query_of_triplet.clone(),
         n_queries: n_q,
         n_corpus: index.docs.rows(),
     }
+}
+
+/// One query's value of every query-level metric from the sorted 1-based ranks of its relevant
+/// documents (sentence-transformers' InformationRetrievalEvaluator formulas).
+fn query_values(r: &[usize]) -> Vec<f64> {
+    let n_rel = r.len() as f64;
+    let hits = |k: usize| r.iter().filter(|&&x| x <= k).count() as f64;
+    let mut v = Vec::with_capacity(3 * IR_KS.len() + 3);
+    v.extend(IR_KS.iter().map(|&k| (hits(k) > 0.0) as u8 as f64));
+    v.extend(IR_KS.iter().map(|&k| hits(k) / k as f64));
+    v.extend(IR_KS.iter().map(|&k| hits(k) / n_rel));
+    v.push(if r[0] <= 10 { 1.0 / r[0] as f64 } else { 0.0 });
+    let dcg: f64 = r
+        .iter()
+        .filter(|&&x| x <= 10)
+        .map(|&x| 1.0 / ((x + 1) as f64).log2())
+        .sum();
+    let idcg: f64 = (0..r.len().min(10))
+        .map(|i| 1.0 / ((i + 2) as f64).log2())
+        .sum();
+    v.push(dcg / idcg);
+    let ap: f64 = r
+        .iter()
+        .filter(|&&x| x <= 100)
+        .enumerate()
+        .map(|(hits, &x)| (hits + 1) as f64 / x as f64)
+        .sum();
+    v.push(ap / r.len().min(100) as f64);
+    v
 }
 
 #[cfg(test)]

@@ -45,6 +45,8 @@ pub struct SaveSettings {
     pub prompts: Prompts,
     /// The model card (`README.md`).
     pub model_card: String,
+    /// More files written into the folder (name, text), e.g. the run record.
+    pub extra_files: Vec<(String, String)>,
 }
 
 /// Maps an I/O error on `path` to a [`SaveError`].
@@ -325,5 +327,10 @@ fn write_folder(
     let card = dir.join("README.md");
     std::fs::write(&card, &settings.model_card).map_err(io(&card))?;
     after_file(&card);
+    for (name, text) in &settings.extra_files {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(io(&path))?;
+        after_file(&path);
+    }
     Ok(())
 }

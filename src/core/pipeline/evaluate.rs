@@ -2,6 +2,7 @@
 //! encoder, embed (through the cache), build the retrieval index, compute the metrics, and lay out
 //! the normalised vectors the heatmap windows read.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::core::cache::EmbeddingCache;
@@ -11,6 +12,7 @@ use crate::core::encoder::{
     embed_triplets, EncodeError, Encoder, EncoderOptions, Prompts, TripletEmbeddings,
 };
 use crate::core::jobs::JobCtx;
+use crate::core::metrics::uncertainty::{intervals, Interval, DEFAULT_RESAMPLES, DEFAULT_SEED};
 use crate::core::metrics::{evaluate, EvalResult, RetrievalIndex};
 use crate::core::model::ModelSource;
 
@@ -29,6 +31,8 @@ pub struct Evaluation {
     pub index: RetrievalIndex,
     /// The metrics.
     pub result: EvalResult,
+    /// Every metric with its 95 % bootstrap interval over queries.
+    pub intervals: BTreeMap<String, Interval>,
     /// Normalised query vector of each triplet (N rows).
     pub query_rows: Embeddings,
     /// Normalised documents in triplet order: pos₀, neg₀, pos₁, neg₁, ... (2N rows).
@@ -54,6 +58,7 @@ impl Evaluation {
             &embeddings.negatives,
         );
         let result = evaluate(&index);
+        let intervals = intervals(&result, DEFAULT_RESAMPLES, DEFAULT_SEED);
         let mut query_rows = embeddings.queries.clone();
         query_rows.normalize_rows();
         let mut doc_rows = Embeddings::new(embeddings.positives.dim);
@@ -69,6 +74,7 @@ impl Evaluation {
             embeddings,
             index,
             result,
+            intervals,
             query_rows,
             doc_rows,
             embed_secs,

@@ -1,12 +1,13 @@
 //! The one fine-tuning use case the CLI and the GUI share: resolve the model, read its checkpoint,
 //! split off (or read) the validation triplets, train, then decide what the saved folder declares
 //! (prompts, and `max_seq_length` by the encoder's own rule, so the saved model is evaluated at
-//! the length its base model was) and write one model card.
+//! the length its base model was), write one model card and the run record
+//! (`tripletlab_run.json`: the data by hash, the rows trained on and held out, the whole log).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::core::data::Triplet;
+use crate::core::data::Dataset;
 use crate::core::jobs::JobCtx;
 use crate::core::metrics::metric_keys;
 use crate::core::model::save::{save_model_folder, SaveError, SaveSettings};
@@ -14,9 +15,11 @@ use crate::core::model::{
     resolve_source, Checkpoint, DownloadProgress, ModelError, ModelFolder, ModelSource, Prompts,
 };
 use crate::core::train::{
-    self, split_by_query, StopReason, TrainConfig, TrainError, TrainEvent, TrainOutcome,
+    self, split_rows_by_query, StopReason, TrainConfig, TrainError, TrainEvent, TrainOutcome,
     BEST_METRIC,
 };
+
+use super::record::{BaseModel, DataFile, RunRecord, Saved, Split, RUN_RECORD_FILE};
 
 /// Where the validation triplets come from.
 #[derive(Debug, Clone)]
@@ -27,12 +30,7 @@ pub enum Validation {
         share: f64,
     },
     /// A separate triplet file.
-    File {
-        /// Its path.
-        path: PathBuf,
-        /// Its triplets.
-        triplets: Vec<Triplet>,
-    },
+    File(Dataset),
 }
 
 /// A fine-tuning run to do.
@@ -40,10 +38,8 @@ pub enum Validation {
 pub struct FineTuneRequest<'a> {
     /// The base model.
     pub source: ModelSource,
-    /// The training file's path (for the model card).
-    pub data_path: &'a Path,
-    /// Its triplets.
-    pub triplets: &'a [Triplet],
+    /// The training file.
+    pub data: &'a Dataset,
     /// The validation triplets.
     pub validation: Validation,
     /// Every training setting.
@@ -76,8 +72,10 @@ pub struct FineTuned {
     pub checkpoint: Checkpoint,
     /// How training went, with the best weights.
     pub outcome: TrainOutcome,
-    /// What the saved folder declares.
+    /// What the saved folder declares (the run record among its files).
     pub settings: SaveSettings,
+    /// The run record written with it.
+    pub record: RunRecord,
 }
 
 impl std::fmt::Debug for FineTuned {
@@ -115,41 +113,113 @@ pub fn fine_tune(
     let folder = resolve_source(&req.source, on_download).map_err(model_err)?;
     let checkpoint = Checkpoint::read(&folder).map_err(model_err)?;
     let cfg = &req.cfg;
-    let (train_set, val_set, val_what) = match &req.validation {
+    let data = req.data;
+    let file_rows = |rows: &[usize]| {
+        rows.iter()
+            .map(|&i| data.source_rows[i])
+            .collect::<Vec<_>>()
+    };
+    let (train_idx, val_set, split, val_what) = match &req.validation {
         Validation::Split { share } => {
-            let (t, v) = split_by_query(req.triplets, *share, cfg.seed);
+            let (train, held_out) = split_rows_by_query(&data.triplets, *share, cfg.seed);
+            let val = held_out.iter().map(|&i| data.triplets[i].clone()).collect();
+            let split = Split::HeldOut {
+                share: *share,
+                seed: cfg.seed,
+                train_rows: file_rows(&train),
+                held_out_rows: file_rows(&held_out),
+            };
             (
-                t,
-                v,
+                train,
+                val,
+                split,
                 format!("{:.0} % of the queries held out", share * 100.0),
             )
         }
-        Validation::File { path, triplets } => (
-            req.triplets.to_vec(),
-            triplets.clone(),
-            format!("the file `{}`", path.display()),
-        ),
+        Validation::File(val) => {
+            let all: Vec<usize> = (0..data.len()).collect();
+            let split = Split::ValidationFile {
+                file: DataFile::of(val),
+                train_rows: file_rows(&all),
+            };
+            (
+                all,
+                val.triplets.clone(),
+                split,
+                format!("the file `{}`", val.path.display()),
+            )
+        }
     };
+    let train_set: Vec<_> = train_idx
+        .iter()
+        .map(|&i| data.triplets[i].clone())
+        .collect();
     let outcome = train::train(&folder, &checkpoint, &train_set, &val_set, cfg, ctx)?;
+    let prompts = Prompts::choose(&cfg.prompts, &folder);
+    // The rule the encoder uses, at the length validation ran with: the saved model is then
+    // evaluated exactly as its base model was.
+    let max_seq_length = folder.max_seq_len(cfg.eval_max_seq_len);
+    let record = RunRecord {
+        format: 1,
+        tool: format!("tripletlab {}", env!("CARGO_PKG_VERSION")),
+        finished_unix_secs: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        base_model: BaseModel {
+            source: label.clone(),
+            weights_blake3: checkpoint.weights_hash.clone(),
+            architecture: folder.config.arch.name().to_string(),
+        },
+        data: DataFile::of(data),
+        split,
+        settings: serde_json::to_value(cfg).unwrap_or_default(),
+        train_triplets: outcome.train_triplets,
+        val_triplets: outcome.val_triplets,
+        steps: outcome.steps.clone(),
+        evals: outcome.evals.clone(),
+        best_metric: BEST_METRIC.to_string(),
+        best_step: outcome.best_step,
+        total_steps: outcome.total_steps,
+        stop: outcome.stop.clone(),
+        wall_secs: outcome.seconds,
+        saved: Saved {
+            max_seq_length,
+            query_prompt: prompts.query.clone(),
+            document_prompt: prompts.document.clone(),
+        },
+    };
     let settings = SaveSettings {
-        // The rule the encoder uses, at the length validation ran with: the saved model is then
-        // evaluated exactly as its base model was.
-        max_seq_length: folder.max_seq_len(cfg.eval_max_seq_len),
-        prompts: Prompts::choose(&cfg.prompts, &folder),
+        max_seq_length,
+        prompts,
         model_card: model_card(&CardInput {
             base: &label,
-            data: req.data_path,
+            data: &data.path,
             validation: &val_what,
             cfg,
             outcome: &outcome,
         }),
+        extra_files: vec![(RUN_RECORD_FILE.to_string(), record.to_json())],
     };
     Ok(FineTuned {
         folder,
         checkpoint,
         outcome,
         settings,
+        record,
     })
+}
+
+/// Whether a save to `out` would replace something: `Some(reason)` when `out` exists and is not
+/// an empty folder.
+pub fn would_replace(out: &Path) -> Option<String> {
+    match std::fs::read_dir(out) {
+        Ok(mut entries) => entries
+            .next()
+            .map(|_| format!("{} already exists and is not empty", out.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(_) if out.exists() => Some(format!("{} exists and is not a folder", out.display())),
+        Err(_) => None,
+    }
 }
 
 /// How a run ended, in words.

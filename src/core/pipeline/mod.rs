@@ -1,10 +1,15 @@
 //! The use cases the CLI and the GUI share, each one plain synchronous function over core:
-//! evaluating a model on a triplet set, and fine-tuning one.
+//! evaluating a model on a triplet set, fine-tuning one (with its run record), and comparing two
+//! on the right triplets with their uncertainty.
 
+pub mod compare;
 mod evaluate;
 pub mod finetune;
+pub mod record;
 
+pub use compare::{compare, subset_rows, Comparison, Subset, SubsetRows};
 pub use evaluate::{evaluate_model, Evaluation};
 pub use finetune::{
-    fine_tune, stop_summary, FineTuneError, FineTuneRequest, FineTuned, Validation,
+    fine_tune, stop_summary, would_replace, FineTuneError, FineTuneRequest, FineTuned, Validation,
 };
+pub use record::{RunRecord, RUN_RECORD_FILE};

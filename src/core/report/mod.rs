@@ -1,6 +1,9 @@
-//! Exports: NumPy `.npy` matrices and the JSON result of an evaluation.
+//! Exports: NumPy `.npy` matrices, the JSON result of an evaluation, comparison reports (HTML,
+//! Markdown, CSV) and the PNG pictures in them.
 
+pub mod comparison;
 mod npy;
+pub mod raster;
 
 pub use npy::{read_npy_f32, write_npy_f32, NpyError};
 

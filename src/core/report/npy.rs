@@ -58,9 +58,16 @@ pub fn write_npy_f32(path: &Path, m: &Embeddings) -> Result<(), NpyError> {
 
 /// Reads a 2-D `<f4` C-order `.npy`.
 pub fn read_npy_f32(path: &Path) -> Result<Embeddings, NpyError> {
-    let bytes = std::fs::read(path).map_err(|source| NpyError::Io {
-        path: path.to_path_buf(),
-        source,
+    const LIMIT_BYTES: u64 = 16 << 30;
+    let bytes = crate::core::files::read_bounded(path, LIMIT_BYTES).map_err(|e| match e {
+        crate::core::files::ReadError::Io(source) => NpyError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => NpyError::Format {
+            path: path.to_path_buf(),
+            reason: other.to_string(),
+        },
     })?;
     let bad = |reason: &str| NpyError::Format {
         path: path.to_path_buf(),

@@ -9,7 +9,9 @@ mod sampler;
 mod step;
 mod weights;
 
-pub use sampler::{linear_lr, no_duplicate_batches, shuffled_batches, split_by_query};
+pub use sampler::{
+    linear_lr, no_duplicate_batches, shuffled_batches, split_by_query, split_rows_by_query,
+};
 pub use weights::Trainable;
 
 use std::collections::{BTreeMap, HashMap};
@@ -116,7 +118,7 @@ impl Default for TrainConfig {
 }
 
 /// One optimisation step.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StepPoint {
     /// 1-based step.
     pub step: usize,
@@ -137,7 +139,7 @@ pub struct StepPoint {
 }
 
 /// One validation.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EvalPoint {
     /// Steps done when it was measured (0 = zero-shot).
     pub step: usize,
@@ -166,7 +168,7 @@ pub enum TrainEvent {
 }
 
 /// Why training stopped.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StopReason {
     /// All steps ran.

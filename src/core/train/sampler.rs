@@ -9,6 +9,17 @@ use crate::core::data::Triplet;
 
 /// Holds out `share` of the distinct queries with all their triplets: (train, validation).
 pub fn split_by_query(triplets: &[Triplet], share: f64, seed: u64) -> (Vec<Triplet>, Vec<Triplet>) {
+    let (train, val) = split_rows_by_query(triplets, share, seed);
+    let pick = |rows: Vec<usize>| rows.into_iter().map(|i| triplets[i].clone()).collect();
+    (pick(train), pick(val))
+}
+
+/// [`split_by_query`] as triplet indices, each list in file order: (train, validation).
+pub fn split_rows_by_query(
+    triplets: &[Triplet],
+    share: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
     let mut queries: Vec<&str> = Vec::new();
     let mut seen = HashSet::new();
     for t in triplets {
@@ -20,10 +31,7 @@ pub fn split_by_query(triplets: &[Triplet], share: f64, seed: u64) -> (Vec<Tripl
     queries.shuffle(&mut rng);
     let n_val = ((queries.len() as f64) * share).round() as usize;
     let val: HashSet<&str> = queries.into_iter().take(n_val).collect();
-    triplets
-        .iter()
-        .cloned()
-        .partition(|t| !val.contains(t.query.as_str()))
+    (0..triplets.len()).partition(|&i| !val.contains(triplets[i].query.as_str()))
 }
 
 /// Batches of triplet indices in which no text occurs twice (sentence-transformers'

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::experiments::ExportKind;
 use super::state::{DialogTarget, JobKind, Level, Tab, TrainLog};
 use super::App;
 use crate::core::cache::EmbeddingCache;
@@ -15,7 +16,8 @@ use crate::core::jobs;
 use crate::core::metrics::Flip;
 use crate::core::model::ModelSource;
 use crate::core::pipeline::{
-    evaluate_model, fine_tune, Evaluation, FineTuneRequest, FineTuned, Validation,
+    evaluate_model, fine_tune, would_replace, Evaluation, FineTuneRequest, FineTuned, RunRecord,
+    Validation,
 };
 use crate::core::train::{StopReason, TrainConfig, TrainEvent};
 
@@ -44,6 +46,20 @@ pub enum Command {
     InspectFlips(Flip),
     /// Remove a notification.
     Dismiss(usize),
+    /// Fine-tune into the configured folder although it exists (the user confirmed).
+    StartFineTuneReplacing,
+    /// Do not replace the folder; choose another.
+    CancelReplace,
+    /// Measure the comparison on another subset.
+    SetSubset(crate::core::pipeline::Subset),
+    /// Choose a file to export the comparison to.
+    Export(ExportKind),
+    /// Export the comparison to this file.
+    ExportTo(ExportKind, PathBuf),
+    /// Look for past runs next to the data.
+    ScanRuns,
+    /// Embed a past run's model (or any folder) as the baseline.
+    UseAsBaseline(PathBuf),
 }
 
 /// The result of a fine-tuning job.
@@ -53,9 +69,9 @@ pub struct FineTuneResult {
     pub stop: StopReason,
     /// Step of the best checkpoint.
     pub best_step: usize,
-    /// Where the model was saved and its evaluation on the whole dataset, or why saving failed
-    /// and the trained model, kept in memory so the user can save it elsewhere.
-    pub saved: Result<(PathBuf, Evaluation), (String, Arc<TrainedModel>)>,
+    /// Where the model was saved, its evaluation on the whole dataset and its run record, or why
+    /// saving failed and the trained model, kept in memory so the user can save it elsewhere.
+    pub saved: Result<(PathBuf, Evaluation, RunRecord), (String, Arc<TrainedModel>)>,
 }
 
 /// A trained model that is not saved yet.
@@ -105,7 +121,7 @@ fn save_and_embed(
     Ok(FineTuneResult {
         stop,
         best_step,
-        saved: Ok((out.to_path_buf(), evaluation)),
+        saved: Ok((out.to_path_buf(), evaluation, model.record.clone())),
     })
 }
 
@@ -184,6 +200,10 @@ impl App {
                         DialogTarget::ModelFolder | DialogTarget::OutputFolder => {
                             dialog.pick_folder()
                         }
+                        DialogTarget::ExportFile(kind) => dialog
+                            .add_filter(kind.extension(), &[kind.extension()])
+                            .set_file_name(format!("comparison.{}", kind.extension()))
+                            .save_file(),
                     })
                 });
                 match spawned {
@@ -196,7 +216,34 @@ impl App {
             }
             Command::StartEmbed => self.start_embed(None),
             Command::EmbedComparison(dir) => self.start_embed(Some(dir)),
-            Command::StartFineTune => self.start_fine_tune(),
+            Command::StartFineTune => self.start_fine_tune(false),
+            Command::StartFineTuneReplacing => {
+                self.confirm_replace = None;
+                self.start_fine_tune(true);
+            }
+            Command::CancelReplace => self.confirm_replace = None,
+            Command::SetSubset(subset) => {
+                self.experiments.subset = subset;
+                self.experiments.comparison = None;
+                self.request_comparison();
+            }
+            Command::Export(kind) => {
+                if self.experiments.comparison.is_none() {
+                    self.notify(
+                        Level::Warning,
+                        "Compare two models first: there is nothing to export",
+                    );
+                } else {
+                    self.commands
+                        .push(Command::Browse(DialogTarget::ExportFile(kind)));
+                }
+            }
+            Command::ExportTo(kind, path) => self.export(kind, path),
+            Command::ScanRuns => self.scan_runs(),
+            Command::UseAsBaseline(dir) => {
+                self.settings.model = dir.display().to_string();
+                self.start_embed(None);
+            }
             Command::SaveTrained => self.save_trained(),
             Command::Cancel(kind) => match kind {
                 JobKind::Load => {}
@@ -218,6 +265,13 @@ impl App {
             }
             Command::InspectFlips(f) => {
                 self.inspector.flip = Some(f);
+                // The same triplets the comparison counted.
+                self.inspector.split = match self.experiments.subset {
+                    crate::core::pipeline::Subset::HeldOut => Some(super::SplitMark::HeldOut),
+                    crate::core::pipeline::Subset::Training => Some(super::SplitMark::Train),
+                    crate::core::pipeline::Subset::All => None,
+                }
+                .filter(|_| self.experiments.split_of.is_some());
                 self.inspector.rows = None;
                 self.inspector.wrong_only = false;
                 self.inspector.selected = None;
@@ -250,7 +304,16 @@ impl App {
             .use_cache
             .then(|| EmbeddingCache::new(EmbeddingCache::default_dir()));
         let spawned = jobs::spawn("embed", self.wake(), move |ctx| {
-            evaluate_model(&source, &opts, &data.triplets, cache.as_ref(), ctx)
+            let eval = evaluate_model(&source, &opts, &data.triplets, cache.as_ref(), ctx)?;
+            // A fine-tuned folder says which rows it trained on.
+            let record = match &source {
+                ModelSource::Dir(dir) => RunRecord::read(dir).unwrap_or_else(|e| {
+                    ctx.warn(format!("{e}; its training rows are unknown"));
+                    None
+                }),
+                ModelSource::Hub(_) => None,
+            };
+            Ok((eval, record))
         });
         match spawned {
             Ok(h) => {
@@ -263,22 +326,28 @@ impl App {
 
     /// Where the fine-tuned model goes when the user gave no folder.
     pub fn default_output_dir(&self) -> Option<PathBuf> {
-        let data = self.dataset.as_ref()?;
-        let stem = data.path.file_stem()?.to_string_lossy().to_string();
-        let model = self
-            .settings
-            .model
-            .trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .unwrap_or("model")
-            .to_string();
-        Some(
-            data.path
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join(format!("{model}-{stem}-finetuned")),
-        )
+        self.next_output_dir.clone()
+    }
+
+    /// Finds the next free numbered folder for a fine-tuned model next to the data file
+    /// (`all-MiniLM-L6-v2-patents-dev-fine-tuned-003`): every run gets its own, nothing is
+    /// overwritten. Called when a file is opened and after each fine-tune (not every frame).
+    pub(super) fn refresh_output_dir(&mut self) {
+        self.next_output_dir = self.dataset.as_ref().and_then(|data| {
+            let stem = data.path.file_stem()?.to_string_lossy().to_string();
+            let model = self
+                .settings
+                .model
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or("model")
+                .to_string();
+            let dir = data.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+            (1..10_000)
+                .map(|n| dir.join(format!("{model}-{stem}-fine-tuned-{n:03}")))
+                .find(|p| !p.exists())
+        });
     }
 
     /// The folder the fine-tuned model is saved to: the user's, else next to the data file.
@@ -323,7 +392,7 @@ impl App {
         }
     }
 
-    fn start_fine_tune(&mut self) {
+    fn start_fine_tune(&mut self, replace_confirmed: bool) {
         if self.refuse("Fine-tuning", JobKind::FineTune) {
             return;
         }
@@ -334,6 +403,11 @@ impl App {
         let Some(out) = self.output_dir() else {
             return;
         };
+        // Never replace a folder without asking.
+        if let Some(why) = would_replace(&out).filter(|_| !replace_confirmed) {
+            self.confirm_replace = Some((out, why));
+            return;
+        }
         let t = &self.settings.train;
         let opts = self.settings.encoder_options();
         let cfg = TrainConfig {
@@ -360,8 +434,7 @@ impl App {
             move |ctx| -> Result<FineTuneResult, String> {
                 let request = FineTuneRequest {
                     source,
-                    data_path: &data.path,
-                    triplets: &data.triplets,
+                    data: &data,
                     validation: Validation::Split {
                         share: cfg.val_split,
                     },

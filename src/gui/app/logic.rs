@@ -54,7 +54,7 @@ impl App {
                     self.embed_target = None;
                 }
                 match o {
-                    Outcome::Finished(Ok(eval)) if self.embed_target.is_some() => {
+                    Outcome::Finished(Ok((eval, record))) if self.embed_target.is_some() => {
                         self.notify(
                             Level::Info,
                             format!("Embedded the comparison model in {:.1} s", eval.embed_secs),
@@ -64,8 +64,9 @@ impl App {
                         self.heatmap.cache.clear();
                         self.inspector.outranking.clear();
                         self.inspector.rows = None;
+                        self.set_record(record);
                     }
-                    Outcome::Finished(Ok(eval)) => {
+                    Outcome::Finished(Ok((eval, _))) => {
                         let e = &eval.embeddings;
                         let cached = e.computed == 0;
                         self.last_embed_cached = Some(cached);
@@ -81,6 +82,7 @@ impl App {
                         );
                         self.zero_shot = Some(Arc::new(eval));
                         self.fine_tuned = None;
+                        self.experiments.comparison = None;
                         self.heatmap.cache.clear();
                         self.inspector.outranking.clear();
                         self.inspector.rows = None;
@@ -146,7 +148,7 @@ impl App {
                     Outcome::Finished(Ok(FineTuneResult {
                         stop,
                         best_step,
-                        saved: Ok((saved_to, evaluation)),
+                        saved: Ok((saved_to, evaluation, record)),
                     })) => {
                         self.unsaved = None;
                         let how = match &stop {
@@ -158,10 +160,15 @@ impl App {
                                 format!("stopped: the loss at step {step} was NaN or infinite")
                             }
                         };
-                        let msg = format!(
-                            "Fine-tuning {how}; saved the best checkpoint (step {best_step}) to {}",
-                            saved_to.display()
-                        );
+                        let saved_what = if best_step == 0 {
+                            "no step improved on the base model, so the saved model is the \
+                             unchanged base model (step 0)"
+                                .to_string()
+                        } else {
+                            format!("saved the best checkpoint (step {best_step})")
+                        };
+                        let msg =
+                            format!("Fine-tuning {how}; {saved_what} to {}", saved_to.display());
                         let level = if matches!(stop, StopReason::NonFiniteLoss { .. }) {
                             Level::Warning
                         } else {
@@ -174,6 +181,9 @@ impl App {
                         self.heatmap.cache.clear();
                         self.inspector.outranking.clear();
                         self.inspector.rows = None;
+                        self.set_record(Some(record));
+                        self.refresh_output_dir();
+                        self.commands.push(Command::ScanRuns);
                     }
                     Outcome::Finished(Err(e)) => {
                         self.train_log.finished = Some(format!("Failed: {e}"));
@@ -185,6 +195,7 @@ impl App {
                 }
             }
         }
+        self.poll_experiments();
         if let Some(job) = &mut self.dialog_job {
             for ev in job.drain() {
                 if let JobEvent::Done(o) = ev {
@@ -199,6 +210,9 @@ impl App {
                         }
                         (Outcome::Finished(Ok(Some(path))), Some(DialogTarget::OutputFolder)) => {
                             self.settings.train.out_dir = path.display().to_string();
+                        }
+                        (Outcome::Finished(Ok(Some(path))), Some(DialogTarget::ExportFile(k))) => {
+                            self.commands.push(Command::ExportTo(k, path));
                         }
                         (Outcome::Finished(Ok(None)), _) | (_, None) => {}
                         (Outcome::Finished(Err(e)), _) => {
@@ -243,6 +257,9 @@ impl App {
             selected: self.pending_inspect.take(),
             ..Default::default()
         };
+        self.experiments = Default::default();
+        self.refresh_output_dir();
+        self.commands.push(Command::ScanRuns);
         self.tab = Tab::Data;
         if std::mem::take(&mut self.embed_on_load) {
             self.commands.push(Command::StartEmbed);

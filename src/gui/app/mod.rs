@@ -5,11 +5,13 @@
 
 mod commands;
 mod exit;
+mod experiments;
 mod logic;
 mod state;
 
 pub use commands::{bundled_sample, Command, FineTuneResult, TrainedModel};
 pub use exit::default_recovery_dir;
+pub use experiments::{Experiments, ExportKind, SplitMark};
 pub use state::*;
 
 use std::collections::VecDeque;
@@ -23,7 +25,7 @@ use eframe::egui;
 use crate::core::data::{DataError, DataStats, Dataset, TextSearch};
 use crate::core::encoder::EncodeError;
 use crate::core::jobs::{JobHandle, Progress};
-use crate::core::pipeline::Evaluation;
+use crate::core::pipeline::{Evaluation, RunRecord};
 use crate::core::train::TrainEvent;
 
 use super::panels;
@@ -68,8 +70,14 @@ pub struct App {
     pub data_stats: Option<DataStats>,
     /// The loaded dataset's texts indexed for the inspector's search.
     pub text_search: Option<Arc<TextSearch>>,
+    /// The compared model's run record, the comparison on a subset, exports, past runs.
+    pub experiments: Experiments,
+    /// A fine-tune waits for the user to confirm replacing this folder (and why).
+    pub confirm_replace: Option<(PathBuf, String)>,
+    /// The next free numbered output folder next to the data file.
+    next_output_dir: Option<PathBuf>,
     load_job: Option<JobHandle<(), (Dataset, DataStats, TextSearch), DataError>>,
-    embed_job: Option<JobHandle<(), Evaluation, EncodeError>>,
+    embed_job: Option<JobHandle<(), (Evaluation, Option<RunRecord>), EncodeError>>,
     train_job: Option<JobHandle<TrainEvent, FineTuneResult, String>>,
     /// Set when the window closes: a fine-tuning job then saves its best weights and stops.
     exiting: Arc<AtomicBool>,
@@ -146,6 +154,9 @@ impl App {
             frame_stats_state: ("idle", 0),
             data_stats: None,
             text_search: None,
+            experiments: Experiments::default(),
+            confirm_replace: None,
+            next_output_dir: None,
             load_job: None,
             embed_job: None,
             train_job: None,
@@ -274,6 +285,10 @@ pub struct View<'a> {
     pub default_output_dir: Option<PathBuf>,
     /// The panel shown.
     pub tab: Tab,
+    /// The compared model's run record, the comparison on a subset, past runs.
+    pub experiments: &'a Experiments,
+    /// A fine-tune waits for the user to confirm replacing this folder (and why).
+    pub confirm_replace: Option<&'a (PathBuf, String)>,
 }
 
 impl View<'_> {
@@ -334,6 +349,8 @@ impl App {
             frame_ms,
             data_stats,
             text_search,
+            experiments,
+            confirm_replace,
             ..
         } = self;
         (
@@ -353,6 +370,8 @@ impl App {
                 running,
                 default_output_dir,
                 tab: *tab,
+                experiments,
+                confirm_replace: confirm_replace.as_ref(),
             },
             PanelState {
                 settings,

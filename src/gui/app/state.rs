@@ -207,6 +207,8 @@ pub enum DialogTarget {
     ModelFolder,
     /// Where to save the fine-tuned model.
     OutputFolder,
+    /// Where to export the comparison.
+    ExportFile(super::experiments::ExportKind),
 }
 
 /// Severity of a notification.
@@ -297,6 +299,8 @@ pub struct InspectorState {
     pub wrong_only: bool,
     /// Only triplets of this flip kind.
     pub flip: Option<Flip>,
+    /// Only triplets on this side of the compared model's training split.
+    pub split: Option<super::experiments::SplitMark>,
     /// Case-insensitive text filter.
     pub search: String,
     /// Sort by rank of the positive (descending) instead of margin (ascending).

@@ -1,19 +1,24 @@
-//! Zero-shot and fine-tuned side by side: metric deltas (green better, red worse, remembering that
-//! lower is better for negatives in top K), the two heatmaps on one window and one colour scale,
-//! overlaid margin histograms, and the flip table.
+//! Zero-shot and fine-tuned side by side, on the right triplets: when the fine-tuned model's run
+//! record is for the open file, its held-out rows by default (a switch to its training rows or
+//! all), with the counts; every metric with its 95 % interval, every difference with a paired
+//! interval and p-value (grey when the interval contains 0); the flips, overlaid margin
+//! histograms and the two heatmaps on one colour scale; exports and a copyable table.
 
 use eframe::egui::{self, Color32, RichText};
 
+use crate::core::metrics::uncertainty::Delta;
 use crate::core::metrics::{flip_counts, lower_is_better, metric_keys, Flip};
-use crate::gui::app::{Command, Commands, HeatmapState, View};
+use crate::core::pipeline::Subset;
+use crate::core::report::comparison::markdown;
+use crate::gui::app::{Command, Commands, ExportKind, HeatmapState, View};
 use crate::gui::widgets::heatmap::{controls, draw_window, legend, value_range, window};
 use crate::gui::widgets::histogram::margin_histogram;
 
-/// Colour of a change: green when better, red when worse.
-pub(crate) fn delta_color(key: &str, delta: f64) -> Color32 {
-    if delta.abs() < 1e-12 {
+/// Colour of a change: green when better, red when worse, grey when its interval contains 0.
+pub(crate) fn delta_color(key: &str, d: &Delta) -> Color32 {
+    if d.is_uncertain() {
         Color32::GRAY
-    } else if (delta > 0.0) != lower_is_better(key) {
+    } else if (d.delta > 0.0) != lower_is_better(key) {
         Color32::from_rgb(40, 170, 70)
     } else {
         Color32::from_rgb(220, 60, 60)
@@ -28,40 +33,127 @@ pub fn show(ui: &mut egui::Ui, app: &View, h: &mut HeatmapState, cmds: &mut Comm
     };
     let Some(after) = app.fine_tuned else {
         ui.heading("Compare");
-        ui.label("Fine-tune a model (Fine-tune tab) to compare it with the zero-shot model here.");
+        ui.label("Fine-tune a model (Fine-tune tab), or pick a past run there, to compare it with the zero-shot model here.");
         return;
     };
+    let x = app.experiments;
     ui.heading(format!("{} vs fine-tuned", before.model_label));
     if let Some(p) = app.fine_tuned_path {
         ui.weak(format!("Fine-tuned model: {}", p.display()));
     }
+    // Which triplets.
+    ui.horizontal_wrapped(|ui| {
+        ui.label("Measured on:");
+        let matching = x.split_of.is_some();
+        for (subset, label, tip) in [
+            (
+                Subset::HeldOut,
+                "held-out triplets",
+                "the rows the fine-tuned model never trained on",
+            ),
+            (
+                Subset::Training,
+                "training triplets",
+                "the rows it was trained on (optimistic)",
+            ),
+            (
+                Subset::All,
+                "all triplets",
+                "every row of the file, trained on or not",
+            ),
+        ] {
+            let enabled = matching || subset == Subset::All;
+            let r = ui
+                .add_enabled(enabled, egui::Button::selectable(x.subset == subset, label))
+                .on_hover_text(tip)
+                .on_disabled_hover_text("The fine-tuned model's run record is not for this file");
+            if r.clicked() && x.subset != subset {
+                cmds.push(Command::SetSubset(subset));
+            }
+        }
+    });
+    if let Some(e) = &x.error {
+        ui.colored_label(Color32::from_rgb(220, 140, 40), e);
+    }
+    let Some(c) = x.comparison.as_ref() else {
+        if x.computing() {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("Computing the comparison and its intervals...");
+            });
+        }
+        return;
+    };
+    ui.strong(&c.rows.note);
+    ui.weak(format!(
+        "{} triplets, {} distinct queries, {} distinct documents. 95 % intervals: bootstrap over queries ({} resamples, paired for the difference); p: paired sign-flip permutation. Grey: the interval of the difference contains 0.",
+        c.a.n_triplets, c.a.n_queries, c.a.n_corpus, c.resamples
+    ));
+    ui.horizontal(|ui| {
+        if ui
+            .button("Copy table")
+            .on_hover_text("Markdown, for a pull request")
+            .clicked()
+        {
+            let record = x.record.as_ref().filter(|r| r.matches(data));
+            ui.ctx().copy_text(markdown(data, c, record));
+        }
+        for (kind, label) in [
+            (ExportKind::Html, "Export report (HTML)..."),
+            (ExportKind::Markdown, "Export Markdown..."),
+            (ExportKind::Csv, "Export per-triplet CSV..."),
+        ] {
+            if ui.button(label).clicked() {
+                cmds.push(Command::Export(kind));
+            }
+        }
+    });
     egui::ScrollArea::vertical()
         .id_salt("compare")
         .show(ui, |ui| {
-            ui.columns(2, |cols| {
-                egui::Grid::new("deltas")
-                    .striped(true)
-                    .num_columns(4)
-                    .show(&mut cols[0], |ui| {
-                        for h in ["metric", "zero-shot", "fine-tuned", "delta"] {
-                            ui.strong(h);
-                        }
+            egui::Grid::new("deltas")
+                .striped(true)
+                .num_columns(5)
+                .show(ui, |ui| {
+                    for head in [
+                        "metric",
+                        "zero-shot [95 % CI]",
+                        "fine-tuned [95 % CI]",
+                        "difference [95 % CI]",
+                        "p",
+                    ] {
+                        ui.strong(head);
+                    }
+                    ui.end_row();
+                    for key in metric_keys() {
+                        let (a, b, d) =
+                            (&c.a_intervals[&key], &c.b_intervals[&key], &c.deltas[&key]);
+                        ui.label(super::metric_label(&key)).on_hover_text(&key);
+                        ui.label(format!(
+                            "{:.4} [{:.3}, {:.3}]",
+                            a.value, a.ci95[0], a.ci95[1]
+                        ));
+                        ui.label(format!(
+                            "{:.4} [{:.3}, {:.3}]",
+                            b.value, b.ci95[0], b.ci95[1]
+                        ));
+                        let color = delta_color(&key, d);
+                        ui.label(
+                            RichText::new(format!(
+                                "{:+.4} [{:+.3}, {:+.3}]",
+                                d.delta, d.ci95[0], d.ci95[1]
+                            ))
+                            .color(color),
+                        );
+                        ui.label(RichText::new(format!("{:.3}", d.p_value)).color(color));
                         ui.end_row();
-                        for key in metric_keys() {
-                            let (a, b) = (before.result.metrics[&key], after.result.metrics[&key]);
-                            ui.label(super::metric_label(&key)).on_hover_text(&key);
-                            ui.label(format!("{a:.4}"));
-                            ui.label(format!("{b:.4}"));
-                            ui.label(
-                                RichText::new(format!("{:+.4}", b - a))
-                                    .color(delta_color(&key, b - a)),
-                            );
-                            ui.end_row();
-                        }
-                    });
-                let ui = &mut cols[1];
-                ui.strong("Triplets that changed (cos(q,pos) > cos(q,neg))");
-                let counts = flip_counts(&before.result.per_triplet, &after.result.per_triplet);
+                    }
+                });
+            ui.add_space(8.0);
+            ui.columns(2, |cols| {
+                let ui = &mut cols[0];
+                ui.strong("Triplets that changed (cos(q,pos) > cos(q,neg)), on these triplets");
+                let counts = flip_counts(&c.a.per_triplet, &c.b.per_triplet);
                 egui::Grid::new("flips").striped(true).show(ui, |ui| {
                     for (f, n) in Flip::ALL.iter().zip(counts) {
                         ui.label(f.label());
@@ -76,14 +168,15 @@ pub fn show(ui: &mut egui::Ui, app: &View, h: &mut HeatmapState, cmds: &mut Comm
                     }
                 });
                 margin_histogram(
-                    ui,
+                    &mut cols[1],
                     &[
-                        ("zero-shot", &before.result, Color32::from_rgb(80, 140, 220)),
-                        ("fine-tuned", &after.result, Color32::from_rgb(230, 130, 50)),
+                        ("zero-shot", &c.a, Color32::from_rgb(80, 140, 220)),
+                        ("fine-tuned", &c.b, Color32::from_rgb(230, 130, 50)),
                     ],
                 );
             });
             ui.separator();
+            ui.weak("Heatmaps: the whole file (all triplets), both models on one colour scale.");
             controls(ui, h, before);
             let (view, row0, col0) = (h.view, h.row0, h.col0);
             let a = window(

@@ -1,7 +1,7 @@
 //! The fine-tune panel: settings, Fine-tune / Stop, progress with ETA, and live curves on one
 //! step axis: raw and smoothed loss, learning rate, validation metrics.
 
-use eframe::egui::{self, Color32};
+use eframe::egui::{self, Color32, RichText};
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
 
 use crate::core::train::LossKind;
@@ -20,6 +20,25 @@ pub fn show(ui: &mut egui::Ui, app: &View, s: &mut Settings, cmds: &mut Commands
     }
     let running = app.is_running(JobKind::FineTune);
     ui.add_enabled_ui(!running, |ui| settings(ui, app, s, cmds));
+    if let Some((dir, why)) = app.confirm_replace {
+        egui::Frame::group(ui.style())
+            .fill(Color32::from_rgb(255, 243, 224))
+            .show(ui, |ui| {
+                ui.label(RichText::new(format!("{why}.")).strong());
+                ui.label(format!(
+                    "Fine-tuning would replace {} once the new model is saved.",
+                    dir.display()
+                ));
+                ui.horizontal(|ui| {
+                    if ui.button("Replace it").clicked() {
+                        cmds.push(Command::StartFineTuneReplacing);
+                    }
+                    if ui.button("Keep it (choose another folder)").clicked() {
+                        cmds.push(Command::CancelReplace);
+                    }
+                });
+            });
+    }
     ui.horizontal(|ui| {
         if running {
             if ui.button("Stop").clicked() {
@@ -40,6 +59,7 @@ pub fn show(ui: &mut egui::Ui, app: &View, s: &mut Settings, cmds: &mut Commands
     if app.has_unsaved_model && !running && ui.button("Save the trained model").clicked() {
         cmds.push(Command::SaveTrained);
     }
+    past_runs(ui, app, cmds);
     curves(ui, app, &mut s.smoothing);
 }
 
@@ -95,6 +115,75 @@ fn settings(ui: &mut egui::Ui, app: &View, s: &mut Settings, cmds: &mut Commands
                 }
             });
             ui.end_row();
+        });
+}
+
+/// Past runs found next to the data: each with its record, to compare with the zero-shot model
+/// or to use as the baseline (so any two runs can be compared).
+fn past_runs(ui: &mut egui::Ui, app: &View, cmds: &mut Commands) {
+    let runs = &app.experiments.runs;
+    egui::CollapsingHeader::new(format!("Past runs ({})", runs.len()))
+        .id_salt("past_runs")
+        .show(ui, |ui| {
+            if ui.button("Look again").clicked() {
+                cmds.push(Command::ScanRuns);
+            }
+            if runs.is_empty() {
+                ui.weak("No fine-tuned model with a run record next to the data file yet.");
+                return;
+            }
+            egui::ScrollArea::vertical()
+                .id_salt("runs")
+                .max_height(180.0)
+                .show(ui, |ui| {
+                    egui::Grid::new("runs_grid").striped(true).show(ui, |ui| {
+                        for h in [
+                            "folder",
+                            "base model",
+                            "data",
+                            "steps",
+                            "saved step",
+                            "validation nDCG@10",
+                            "",
+                        ] {
+                            ui.strong(h);
+                        }
+                        ui.end_row();
+                        for run in runs {
+                            let r = &run.record;
+                            let name = run
+                                .dir
+                                .file_name()
+                                .map_or_else(String::new, |n| n.to_string_lossy().to_string());
+                            ui.label(name).on_hover_text(run.dir.display().to_string());
+                            ui.label(super::preview(&r.base_model.source, 40));
+                            let same = app.dataset.is_some_and(|d| r.matches(d));
+                            ui.label(if same { "this file" } else { "another file" })
+                                .on_hover_text(r.data.path.display().to_string());
+                            ui.label(format!("{}/{}", r.steps.len(), r.total_steps));
+                            ui.label(r.best_step.to_string());
+                            let best = r.evals.iter().find(|e| e.step == r.best_step);
+                            let zero = r.evals.first();
+                            match (
+                                zero.and_then(|e| e.metrics.get("cosine_ndcg@10")),
+                                best.and_then(|e| e.metrics.get("cosine_ndcg@10")),
+                            ) {
+                                (Some(a), Some(b)) => ui.label(format!("{a:.4} -> {b:.4}")),
+                                _ => ui.label("-"),
+                            };
+                            ui.horizontal(|ui| {
+                                if ui.small_button("Compare with zero-shot").clicked() {
+                                    cmds.push(Command::EmbedComparison(run.dir.clone()));
+                                    cmds.push(Command::ShowTab(crate::gui::app::Tab::Compare));
+                                }
+                                if ui.small_button("Use as baseline").clicked() {
+                                    cmds.push(Command::UseAsBaseline(run.dir.clone()));
+                                }
+                            });
+                            ui.end_row();
+                        }
+                    });
+                });
         });
 }
 

@@ -9,20 +9,22 @@ use eframe::egui::{self, RichText};
 use crate::core::data::{Dataset, TextSearch};
 use crate::core::metrics::{outranking, Flip};
 use crate::core::pipeline::Evaluation;
-use crate::gui::app::{Command, Commands, InspectorState, View};
+use crate::gui::app::{Command, Commands, InspectorState, SplitMark, View};
 
 /// How many outranking documents are listed.
 const OUTRANKING_SHOWN: usize = 20;
 
 /// A key for the filtered list, so it is recomputed only when something changes.
-fn filter_key(s: &InspectorState, has_ft: bool) -> String {
+fn filter_key(s: &InspectorState, has_ft: bool, has_split: bool) -> String {
     format!(
-        "{}|{:?}|{}|{}|{}",
+        "{}|{:?}|{:?}|{}|{}|{}|{}",
         s.wrong_only,
         s.flip,
+        s.split,
         s.search.to_lowercase(),
         s.sort_by_rank,
-        has_ft
+        has_ft,
+        has_split
     )
 }
 
@@ -32,6 +34,7 @@ pub(crate) fn filtered_rows(
     search: &TextSearch,
     before: &Evaluation,
     after: Option<&Evaluation>,
+    split_of: Option<&[SplitMark]>,
 ) -> Vec<usize> {
     let found = search.matches(&s.search);
     let scores = &before.result.per_triplet;
@@ -42,6 +45,10 @@ pub(crate) fn filtered_rows(
             _ => true,
         })
         .filter(|&i| found.get(i).copied().unwrap_or(true))
+        .filter(|&i| match (s.split, split_of) {
+            (Some(want), Some(marks)) => marks[i] == want,
+            _ => true,
+        })
         .collect();
     if s.sort_by_rank {
         rows.sort_by(|&a, &b| scores[b].rank_pos.cmp(&scores[a].rank_pos).then(a.cmp(&b)));
@@ -75,19 +82,31 @@ pub fn show(ui: &mut egui::Ui, app: &View, s: &mut InspectorState, cmds: &mut Co
                     }
                 });
         }
+        let split_of = app.experiments.split_of.as_deref();
+        if split_of.is_some() {
+            egui::ComboBox::from_label("Split")
+                .selected_text(s.split.map(|m| m.label()).unwrap_or("any"))
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut s.split, None, "any");
+                    for m in [SplitMark::Train, SplitMark::HeldOut] {
+                        ui.selectable_value(&mut s.split, Some(m), m.label());
+                    }
+                });
+        }
         let l = ui.label("Search");
         ui.text_edit_singleline(&mut s.search).labelled_by(l.id);
         ui.label("Sort by");
         ui.selectable_value(&mut s.sort_by_rank, false, "margin (worst first)");
         ui.selectable_value(&mut s.sort_by_rank, true, "rank of positive (worst first)");
     });
-    let key = filter_key(s, after.is_some());
+    let split_of = app.experiments.split_of.as_deref();
+    let key = filter_key(s, after.is_some(), split_of.is_some());
     if s.rows.as_ref().map(|(k, _)| k != &key).unwrap_or(true) {
         let search = app
             .text_search
             .cloned()
             .unwrap_or_else(|| Arc::new(TextSearch::new(data)));
-        let rows = filtered_rows(s, &search, before, after.map(|a| a.as_ref()));
+        let rows = filtered_rows(s, &search, before, after.map(|a| a.as_ref()), split_of);
         s.rows = Some((key, rows));
     }
     let rows = s.rows.as_ref().map(|(_, r)| r.clone()).unwrap_or_default();
@@ -101,7 +120,7 @@ pub fn show(ui: &mut egui::Ui, app: &View, s: &mut InspectorState, cmds: &mut Co
     ui.horizontal_top(|ui| {
         ui.allocate_ui(egui::vec2(width * 0.45, height), |ui| {
             ui.set_width(width * 0.45);
-            table(ui, &mut s.selected, &rows, before, data);
+            table(ui, &mut s.selected, &rows, before, data, split_of);
         });
         ui.separator();
         ui.vertical(|ui| match s.selected {
@@ -119,6 +138,7 @@ fn table(
     rows: &[usize],
     eval: &Evaluation,
     data: &Dataset,
+    split_of: Option<&[SplitMark]>,
 ) {
     let row_h = ui.text_style_height(&egui::TextStyle::Body) + 6.0;
     egui::ScrollArea::vertical()
@@ -131,7 +151,11 @@ fn table(
                     for &i in &rows[range] {
                         let s = &eval.result.per_triplet[i];
                         let mark = if s.is_correct() { "right" } else { "wrong" };
-                        let text = format!("{mark} #{i}");
+                        let split = split_of.map_or("", |m| match m[i] {
+                            SplitMark::Train => " (train)",
+                            SplitMark::HeldOut => " (held-out)",
+                        });
+                        let text = format!("{mark} #{i}{split}");
                         if ui.selectable_label(*selected == Some(i), text).clicked() {
                             *selected = Some(i);
                         }
