@@ -109,6 +109,12 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         result.n_corpus,
         start.elapsed().as_secs_f64()
     );
+    eprintln!(
+        "Peak memory {}",
+        super::bench::peak_rss_mib()
+            .map(|m| format!("{m:.0} MiB"))
+            .unwrap_or_else(|| "unknown".into())
+    );
     println!("{:<22} {:>9}  meaning", "metric", "value");
     for key in metric_keys() {
         let v = result.metrics[&key];

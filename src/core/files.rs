@@ -114,6 +114,15 @@ pub fn read_open_bounded(file: std::fs::File, limit_bytes: u64) -> Result<Vec<u8
     Ok(bytes)
 }
 
+/// Memory the OS says is available to a new allocation (`MemAvailable` of `/proc/meminfo`), or
+/// `None` where that cannot be told.
+pub fn memory_available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

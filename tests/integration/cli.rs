@@ -221,4 +221,41 @@ fn checking_a_100_mb_file_stays_within_the_memory_budget() {
         peak <= budget,
         "peak {peak} MiB over the budget {budget:.0} MiB"
     );
+
+    // The app's path on the same file: read, embed every distinct text (the tiny model, no
+    // cache), index, metrics. The budget: reading's, plus the vectors and their normalised
+    // copies, plus the model, tokenizer and engine buffers.
+    let model = tiny_model(&TinySpec::default());
+    let start = std::time::Instant::now();
+    let out = tripletlab(
+        &[
+            "eval",
+            "--data",
+            path.to_str().unwrap(),
+            "--model",
+            model.path().to_str().unwrap(),
+            "--no-cache",
+            "--prompts",
+            "none",
+        ],
+        work.path(),
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let peak: f64 = stderr
+        .split("Peak memory ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no peak memory in {stderr}"));
+    let vectors = (n * 3 * 32 * 4 * 3) as f64 / (1 << 20) as f64;
+    let budget = 3.5 * size as f64 / (1 << 20) as f64 + vectors + 320.0;
+    eprintln!(
+        "eval of {n} triplets: peak {peak} MiB (budget {budget:.0} MiB) in {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert!(
+        peak <= budget,
+        "eval peak {peak} MiB over the budget {budget:.0} MiB"
+    );
 }

@@ -469,3 +469,69 @@ fn fine_tuning_proposes_a_fresh_folder_and_asks_before_replacing_one() {
         !a.is_running(tripletlab::gui::JobKind::FineTune)
     });
 }
+
+/// Closing the window while a file loads, while embedding runs, or while a comparison is
+/// computed returns at once and loses nothing (fine-tuning has its own test: it saves first).
+#[test]
+fn closing_the_window_during_each_job_returns_promptly() {
+    // Embedding.
+    let f = fixture(400);
+    let mut h = harness(&f);
+    step_until(&mut h, "the file to load", |a| a.dataset.is_some());
+    h.get_by_label("Embed").click();
+    h.step();
+    assert!(h.state().is_running(tripletlab::gui::JobKind::Embed));
+    let start = Instant::now();
+    eframe::App::on_exit(h.state_mut(), None);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "closing took {:?}",
+        start.elapsed()
+    );
+    assert!(!h.state().is_running(tripletlab::gui::JobKind::Embed));
+    drop(h);
+
+    // Loading a large file.
+    let big = f.work.path().join("big.jsonl");
+    let rows = dev_triplets(500);
+    let mut text = String::new();
+    for k in 0..60 {
+        for t in &rows {
+            let row = serde_json::json!({"query": format!("{} {k}", t.query), "pos": t.pos, "negative": t.negative});
+            text.push_str(&row.to_string());
+            text.push('\n');
+        }
+    }
+    std::fs::write(&big, text).unwrap();
+    let mut h = harness(&f);
+    step_until(&mut h, "the first file to load", |a| a.dataset.is_some());
+    h.state_mut().commands.push(Command::OpenFile(big));
+    h.step();
+    assert!(h.state().is_running(tripletlab::gui::JobKind::Load));
+    let start = Instant::now();
+    eframe::App::on_exit(h.state_mut(), None);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "closing took {:?}",
+        start.elapsed()
+    );
+    drop(h);
+
+    // A comparison being computed.
+    let f = fixture(40);
+    let mut h = loaded_and_embedded(&f);
+    let model = f.model.clone();
+    h.state_mut().commands.push(Command::EmbedComparison(model));
+    step_until(&mut h, "the comparison model", |a| a.fine_tuned.is_some());
+    h.state_mut()
+        .commands
+        .push(Command::SetSubset(tripletlab::core::pipeline::Subset::All));
+    h.step();
+    let start = Instant::now();
+    eframe::App::on_exit(h.state_mut(), None);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "closing took {:?}",
+        start.elapsed()
+    );
+}

@@ -209,3 +209,179 @@ fn a_hub_model_downloads_into_the_cache_and_a_missing_id_is_named() {
         "{stderr}"
     );
 }
+
+/// Rewrites a safetensors file's JSON header with `f` (the data stays as it was).
+fn edit_safetensors_header(path: &std::path::Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    f(&mut header);
+    let mut text = serde_json::to_vec(&header).unwrap();
+    while !text.len().is_multiple_of(8) {
+        text.push(b' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn hostile_model_folders_get_clear_errors_and_nothing_is_allocated_for_them() {
+    // Absurd sizes in config.json: refused at once, naming the file, before any allocation.
+    for (key, value) in [
+        ("num_hidden_layers", serde_json::json!(1_000_000_000u64)),
+        ("vocab_size", serde_json::json!(1_000_000_000_000u64)),
+        (
+            "max_position_embeddings",
+            serde_json::json!(1_000_000_000_000_000u64),
+        ),
+        ("intermediate_size", serde_json::json!(1_000_000_000_000u64)),
+        ("hidden_size", serde_json::json!(4_000_000_000u64)),
+    ] {
+        let dir = tiny_model(&TinySpec::default());
+        edit_json(&dir.path().join("config.json"), |v| v[key] = value.clone());
+        let start = std::time::Instant::now();
+        let msg = load_err(dir.path());
+        assert!(
+            msg.contains("config.json") && msg.contains("cannot hold"),
+            "{key}: {msg}"
+        );
+        assert!(
+            start.elapsed().as_secs() < 5,
+            "{key}: took {:?}",
+            start.elapsed()
+        );
+    }
+    // safetensors headers that lie: a header longer than the file, a tensor past the end,
+    // two tensors on the same bytes.
+    type Edit = fn(&std::path::Path);
+    let cases: [(&str, Edit); 3] = [
+        ("header length", |w| {
+            let mut b = std::fs::read(w).unwrap();
+            b[..8].copy_from_slice(&(u64::MAX / 4).to_le_bytes());
+            std::fs::write(w, b).unwrap();
+        }),
+        ("past the end", |w| {
+            edit_safetensors_header(w, |h| {
+                let t = &mut h["embeddings.word_embeddings.weight"]["data_offsets"];
+                t[1] = serde_json::json!(t[1].as_u64().unwrap() + 1_000_000_000);
+            });
+        }),
+        ("overlapping", |w| {
+            edit_safetensors_header(w, |h| {
+                let other = h["embeddings.LayerNorm.bias"]["data_offsets"].clone();
+                h["embeddings.LayerNorm.weight"]["data_offsets"] = other;
+            });
+        }),
+    ];
+    for (what, edit) in cases {
+        let dir = tiny_model(&TinySpec::default());
+        edit(&dir.path().join("model.safetensors"));
+        let msg = load_err(dir.path());
+        assert!(msg.contains("model.safetensors"), "{what}: {msg}");
+    }
+    // An empty tokenizer.json, and one far past any real tokenizer's size (sparse: no disk used).
+    let dir = tiny_model(&TinySpec::default());
+    std::fs::write(dir.path().join("tokenizer.json"), b"").unwrap();
+    let msg = load_err(dir.path());
+    assert!(
+        msg.contains("tokenizer.json") && msg.contains("empty"),
+        "{msg}"
+    );
+    let f = std::fs::File::create(dir.path().join("tokenizer.json")).unwrap();
+    f.set_len(300 << 20).unwrap();
+    let msg = load_err(dir.path());
+    assert!(
+        msg.contains("tokenizer.json") && msg.contains("limit"),
+        "{msg}"
+    );
+    // A FIFO in place of config.json would block a plain open: refused at once instead.
+    let dir = tiny_model(&TinySpec::default());
+    let config = dir.path().join("config.json");
+    std::fs::remove_file(&config).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&config)
+        .status()
+        .unwrap()
+        .success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = dir.path().to_path_buf();
+    std::thread::spawn(move || tx.send(load_err(&path)));
+    let msg = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("opening a FIFO blocked");
+    assert!(msg.contains("config.json") && msg.contains("FIFO"), "{msg}");
+}
+
+/// A model folder swapped for another (a different width) while jobs load and embed from it:
+/// each load gives a whole model of one width or the other, or a clear error naming a file;
+/// never a panic or a mix.
+#[test]
+fn a_model_folder_replaced_while_jobs_read_it_gives_one_model_or_a_clear_error() {
+    let work = tempfile::tempdir().unwrap();
+    let target = work.path().join("model");
+    let other = work.path().join("other");
+    tripletlab::core::model::tiny::write_tiny_bert(&target, &TinySpec::default()).unwrap();
+    let wide = TinySpec {
+        hidden_size: 48,
+        seed: 9,
+        ..TinySpec::default()
+    };
+    tripletlab::core::model::tiny::write_tiny_bert(&other, &wide).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (target, other, stop) = (target.clone(), other.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                rustix::fs::renameat_with(
+                    rustix::fs::CWD,
+                    &target,
+                    rustix::fs::CWD,
+                    &other,
+                    rustix::fs::RenameFlags::EXCHANGE,
+                )
+                .unwrap();
+                swaps += 1;
+                std::thread::sleep(std::time::Duration::from_micros(300));
+            }
+            swaps
+        })
+    };
+    let (mut ok, mut refused) = (0, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
+    while std::time::Instant::now() < deadline {
+        match Encoder::load(
+            &ModelSource::Dir(target.clone()),
+            &EncoderOptions::default(),
+            &mut |_| {},
+        ) {
+            Ok(enc) => {
+                let (emb, _) = crate::common::quiet(|ctx| {
+                    enc.encode(
+                        &["a wind turbine blade"],
+                        tripletlab::core::encoder::Role::Query,
+                        ctx,
+                    )
+                })
+                .unwrap();
+                assert!(emb.dim == 32 || emb.dim == 48, "dim {}", emb.dim);
+                assert!(emb.row(0).iter().all(|v| v.is_finite()));
+                ok += 1;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&target.display().to_string()),
+                    "unclear: {msg}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    eprintln!("{swaps} swaps: {ok} loads whole, {refused} refused with a message");
+    assert!(swaps > 100 && ok > 0);
+}

@@ -33,6 +33,7 @@ impl Checkpoint {
             path: path.clone(),
             message: e.to_string(),
         };
+        check_memory(path)?;
         let (tensors, weights_hash) = if is_safetensors(path) {
             let bytes = super::read_limited(path, WEIGHTS_FILE_LIMIT_BYTES)?;
             let hash = blake3::hash(&bytes).to_hex().to_string();
@@ -85,6 +86,29 @@ impl Checkpoint {
             })
             .collect()
     }
+}
+
+/// Refuses a weights file whose loading would not fit in the memory available (the file's bytes,
+/// the tensors, and their f32 copies for the engine: about three times the file).
+fn check_memory(path: &Path) -> Result<(), ModelError> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(()); // the read reports it
+    };
+    let need = meta.len().saturating_mul(3);
+    if let Some(available) = crate::core::files::memory_available_bytes() {
+        if need > available {
+            return Err(ModelError::Unreadable {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "loading these {} of weights needs about {} of memory, and {} is available",
+                    crate::core::files::format_bytes(meta.len()),
+                    crate::core::files::format_bytes(need),
+                    crate::core::files::format_bytes(available)
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn is_safetensors(path: &Path) -> bool {

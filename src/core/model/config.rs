@@ -257,6 +257,24 @@ impl ModelConfig {
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
+
+    /// The parameters the configuration declares (saturating: an absurd configuration gives a
+    /// huge count, never an overflow).
+    pub fn parameter_count(&self) -> u128 {
+        let (h, i) = (self.hidden_size as u128, self.intermediate_size as u128);
+        let tables = (self.vocab_size as u128)
+            .saturating_add(self.max_position_embeddings as u128)
+            .saturating_add(self.type_vocab_size as u128)
+            .saturating_mul(h);
+        let layer = (4 * h * h + 4 * h)
+            .saturating_add(2 * h * i)
+            .saturating_add(i + 5 * h);
+        tables
+            .saturating_add(layer.saturating_mul(self.num_hidden_layers as u128))
+            .saturating_add(
+                (self.relative_attention_num_buckets * self.num_attention_heads) as u128,
+            )
+    }
 }
 
 /// Why a `config.json` cannot be used.

@@ -217,6 +217,26 @@ impl ModelFolder {
                 what: "the weights (model.safetensors or pytorch_model.bin)".into(),
             })?;
 
+        // A configuration the weights cannot hold (absurd sizes) is refused before anything is
+        // allocated for it: a checkpoint stores each parameter in at least one byte.
+        let file_bytes = std::fs::metadata(&weights_path).map_or(0, |m| m.len()) as u128;
+        let params = config.parameter_count();
+        if params > file_bytes.saturating_add(64 << 20) {
+            return Err(unsupported(
+                &config_path,
+                format!(
+                    "it declares a model of {params} parameters ({} layers, hidden size {}, \
+                     vocabulary {}, {} positions), which {} ({}) cannot hold: the \
+                     configuration does not fit the weights",
+                    config.num_hidden_layers,
+                    config.hidden_size,
+                    config.vocab_size,
+                    config.max_position_embeddings,
+                    weights_path.display(),
+                    crate::core::files::format_bytes(file_bytes as u64)
+                ),
+            ));
+        }
         let settings = read_transformer_settings(&transformer_dir)?;
         // transformers' "no limit" (1e30 when absent) never caps: the positions do.
         let tokenizer_config_max = read_json(&transformer_dir.join("tokenizer_config.json"))?

@@ -30,6 +30,12 @@ impl App {
         self.load_job = None;
         self.embed_job = None;
         self.dialog_job = None;
+        // A comparison or a scan is recomputed next time; an export being written finishes.
+        self.experiments.job = None;
+        self.experiments.runs_job = None;
+        if let Some(job) = self.experiments.export_job.take() {
+            let _ = job.wait(|_| {});
+        }
         if let Some(job) = self.train_job.take() {
             eprintln!(
                 "tripletlab: closing; fine-tuning stops and its best weights are saved first"
