@@ -8,6 +8,7 @@ use crate::core::cache::EmbeddingCache;
 use crate::core::data::{Dataset, Field};
 use crate::core::embeddings::Embeddings;
 use crate::core::encoder::{embed_triplets, Encoder, TripletEmbeddings};
+use crate::core::metrics::quantize::{evaluate_cell, Precision, RESCORE_DEPTH};
 use crate::core::metrics::{evaluate, metric_keys, metric_label, RetrievalIndex};
 use crate::core::report::{write_npy_f32, EvalReport, EvalSettings};
 
@@ -100,8 +101,33 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let bar = Bar::new();
     let (encoder, emb) = load_and_embed(&data, &args.encoder, &bar)?;
     let start = std::time::Instant::now();
-    let index = RetrievalIndex::build(&data.triplets, &emb.queries, &emb.positives, &emb.negatives);
-    let result = evaluate(&index);
+    let precision = Precision::parse(&args.precision).map_err(anyhow::Error::msg)?;
+    let result = if precision == Precision::Float32 {
+        if args.rescore.is_some() {
+            eprintln!("note: --rescore applies to quantised vectors; float32 is not rescored");
+        }
+        let index =
+            RetrievalIndex::build(&data.triplets, &emb.queries, &emb.positives, &emb.negatives);
+        evaluate(&index)
+    } else {
+        eprintln!(
+            "Scoring {} vectors of {} dimensions{}",
+            precision.name(),
+            emb.queries.dim,
+            args.rescore
+                .map(|m| format!(", the top {} candidates rescored", m * RESCORE_DEPTH))
+                .unwrap_or_default()
+        );
+        evaluate_cell(
+            &data.triplets,
+            &emb.queries,
+            &emb.positives,
+            &emb.negatives,
+            emb.queries.dim,
+            precision,
+            args.rescore,
+        )
+    };
     eprintln!(
         "Metrics over {} triplets, {} queries, {} documents in {:.3} s",
         result.n_triplets,
@@ -129,6 +155,8 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
             prompts: encoder.prompts.clone(),
             max_seq_len: encoder.max_seq_len,
             truncate_dim: encoder.truncate_dim,
+            precision: precision.name().to_string(),
+            rescore: args.rescore,
             batch_size: encoder.batch_size,
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
         };

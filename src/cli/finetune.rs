@@ -49,6 +49,17 @@ pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<()> {
         seed: args.seed,
         val_split: args.val_split,
         prompts: PromptChoice::parse(&args.prompts).map_err(anyhow::Error::msg)?,
+        matryoshka_dims: match &args.matryoshka_dims {
+            Some(s) => s
+                .split(',')
+                .map(|x| {
+                    x.trim().parse::<usize>().map_err(|_| {
+                        anyhow::anyhow!("--matryoshka-dims takes positive integers, got `{x}`")
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?,
+            None => Vec::new(),
+        },
         ..TrainConfig::default()
     };
     if let Some(why) = would_replace(&args.out) {

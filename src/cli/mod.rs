@@ -4,6 +4,7 @@ mod bench;
 mod compare;
 mod eval;
 mod finetune;
+mod grid;
 mod progress;
 
 use std::path::PathBuf;
@@ -38,6 +39,9 @@ pub enum Command {
     /// Fine-tune a model on triplets, validate as it trains, and save the best checkpoint as a
     /// sentence-transformers folder.
     Finetune(FinetuneArgs),
+    /// The storage trade-off from one embedding pass: metrics of every dimension × precision,
+    /// bytes per vector, index sizes, search time.
+    Grid(GridArgs),
     /// Compare two models on the same triplets (by default the rows the fine-tuned one never
     /// trained on): every metric with its 95 % interval, every difference with a paired interval
     /// and p-value.
@@ -162,12 +166,55 @@ pub struct EvalArgs {
     /// Triplet file (JSON array or JSON lines).
     #[arg(long)]
     pub data: PathBuf,
+    /// Storage precision of the vectors: float32, int8, uint8, binary or ubinary
+    /// (sentence-transformers' quantize_embeddings; int8/uint8 calibrated on the documents).
+    #[arg(long, default_value = "float32")]
+    pub precision: String,
+    /// Rescore the top 100·M candidates of a quantised search with the float query against the
+    /// dequantised documents (sentence-transformers' rescore_multiplier).
+    #[arg(long)]
+    pub rescore: Option<usize>,
     /// Also write the full result (metrics, per-triplet rows, settings) as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Model and encoding options.
     #[command(flatten)]
     pub encoder: EncoderArgs,
+}
+
+/// `tripletlab grid`.
+#[derive(Debug, Args)]
+pub struct GridArgs {
+    /// Triplet file (JSON array or JSON lines).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// A model (hub id or folder); give it twice (e.g. base, then fine-tuned) for two grids.
+    #[arg(long = "model", required = true)]
+    pub models: Vec<String>,
+    /// Dimensions (comma-separated; wider than the model's are left out).
+    #[arg(long, default_value = "384,256,128,64,32")]
+    pub dims: String,
+    /// Precisions (comma-separated): float32, int8, uint8, binary, ubinary.
+    #[arg(long, default_value = "float32,int8,binary")]
+    pub precisions: String,
+    /// Rescore quantised cells (see `eval --rescore`).
+    #[arg(long)]
+    pub rescore: Option<usize>,
+    /// Write every cell as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Tokens per text [default: each folder's max_seq_length].
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Prompts: `auto`, `none`, or `QUERY,DOCUMENT`.
+    #[arg(long, default_value = "auto")]
+    pub prompts: String,
+    /// Neither read nor write the embedding cache.
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 /// `tripletlab compare`.
@@ -271,6 +318,10 @@ pub struct FinetuneArgs {
     /// Write the whole training log (steps, validations, settings) as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Train with sentence-transformers' MatryoshkaLoss over these dimensions (comma-separated,
+    /// e.g. 384,256,128,64,32), so truncated vectors keep their quality.
+    #[arg(long)]
+    pub matryoshka_dims: Option<String>,
 }
 
 fn parse_loss(s: &str) -> Result<LossKind, String> {
@@ -302,7 +353,7 @@ pub struct GuiArgs {
     /// Compare with this fine-tuned model folder once the first embedding is done (implies --embed).
     #[arg(long)]
     pub compare_with: Option<PathBuf>,
-    /// Panel to show: data, metrics, heatmap, fine-tune, compare, inspect.
+    /// Panel to show: data, metrics, heatmap, fine-tune, compare, storage, inspect.
     #[arg(long, value_parser = parse_tab)]
     pub tab: Option<crate::gui::Tab>,
     /// Triplet to select in the inspector.
@@ -338,6 +389,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::eval(&args),
         Command::Finetune(args) => finetune::finetune(&args),
         Command::Compare(args) => compare::compare(&args),
+        Command::Grid(args) => grid::grid(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::Check(args) => check(&args),
     }

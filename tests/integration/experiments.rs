@@ -222,3 +222,63 @@ fn compare_measures_the_held_out_rows_as_eval_would_on_a_file_of_them() {
     let msg = String::from_utf8_lossy(&other.stderr);
     assert!(msg.contains("another file"), "{msg}");
 }
+
+#[test]
+fn grid_cells_and_quantised_eval_agree() {
+    let model = tiny_model(&TinySpec::default());
+    let work = tempfile::tempdir().unwrap();
+    let p = |n: &str| work.path().join(n).to_str().unwrap().to_string();
+    std::fs::write(
+        p("data.json"),
+        serde_json::to_string(&dev_triplets(50)).unwrap(),
+    )
+    .unwrap();
+    let cache = work.path().join("cache");
+    let m = model.path().to_str().unwrap();
+    ok(tripletlab(
+        &[
+            "grid",
+            "--data",
+            &p("data.json"),
+            "--model",
+            m,
+            "--dims",
+            "32,16",
+            "--precisions",
+            "float32,int8,uint8,binary",
+            "--prompts",
+            "none",
+            "--json",
+            &p("grid.json"),
+        ],
+        &cache,
+    ));
+    let grid = json(Path::new(&p("grid.json")));
+    let cells = grid[0]["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 8);
+    assert_eq!(cells[0]["ndcg_retained"].as_f64(), Some(1.0));
+    assert_eq!(cells[1]["bytes_per_vector"].as_u64(), Some(32));
+    assert_eq!(cells[3]["bytes_per_vector"].as_u64(), Some(4));
+    // eval at one precision gives that cell's metrics.
+    ok(tripletlab(
+        &[
+            "eval",
+            "--data",
+            &p("data.json"),
+            "--model",
+            m,
+            "--prompts",
+            "none",
+            "--precision",
+            "int8",
+            "--json",
+            &p("eval.json"),
+        ],
+        &cache,
+    ));
+    let eval = json(Path::new(&p("eval.json")));
+    assert_eq!(eval["settings"]["precision"], "int8");
+    for key in tripletlab::core::metrics::metric_keys() {
+        assert_eq!(eval["metrics"][&key], cells[1]["metrics"][&key], "{key}");
+    }
+}

@@ -535,3 +535,38 @@ fn closing_the_window_during_each_job_returns_promptly() {
         start.elapsed()
     );
 }
+
+#[test]
+fn the_storage_panel_computes_the_grid_with_retained_shares() {
+    let f = fixture(60);
+    let mut h = loaded_and_embedded(&f);
+    h.state_mut().settings.storage.dims = "32,16,8".into();
+    h.state_mut().commands.push(Command::ShowTab(Tab::Storage));
+    h.step();
+    h.step();
+    h.get_by_label("Compute grid").click();
+    step_until(&mut h, "the grid", |a| a.experiments.grids[0].is_some());
+    let g = h.state().experiments.grids[0].clone().unwrap();
+    assert_eq!(g.cells.len(), 3 * 3, "3 dimensions x float32, int8, binary");
+    let full = g
+        .cell(32, tripletlab::core::metrics::quantize::Precision::Float32)
+        .unwrap();
+    assert!((full.ndcg_retained - 1.0).abs() < 1e-12);
+    assert_eq!(
+        full.metrics,
+        h.state().zero_shot.as_ref().unwrap().result.metrics
+    );
+    h.step();
+    assert!(
+        h.query_by_label("100.0 %").is_some(),
+        "the full-width float32 cell"
+    );
+    let int8 = g
+        .cell(16, tripletlab::core::metrics::quantize::Precision::Int8)
+        .unwrap();
+    let shown = format!("{:.1} %", 100.0 * int8.ndcg_retained);
+    assert!(
+        h.query_all_by_label(&shown).next().is_some(),
+        "no cell {shown}"
+    );
+}

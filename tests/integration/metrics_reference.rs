@@ -68,3 +68,40 @@ fn metrics_equal_the_reference() {
         );
     }
 }
+
+/// Truncation and quantisation on the same stored embeddings: each cell equals what
+/// `tests/fixtures/quant/quant_reference.py` computes with numpy (sentence-transformers'
+/// `quantize_embeddings` definitions) for int8 and binary at 384, int8 at 128, float32 at 256.
+#[test]
+fn quantised_cells_equal_the_reference() {
+    use tripletlab::core::metrics::quantize::{evaluate_cell, Precision};
+    let data = load_triplets(&fixture("patents-dev.json")).unwrap();
+    let emb = read_npy_f32(&fixture("patents-dev-minilm-seq256.npy")).unwrap();
+    let n = data.len();
+    let part = |k: usize| {
+        Embeddings::from_vec(
+            emb.dim,
+            emb.data[k * n * emb.dim..(k + 1) * n * emb.dim].to_vec(),
+        )
+    };
+    let (q, p, ng) = (part(0), part(1), part(2));
+    for (file, dim, precision) in [
+        ("patents-dev-int8-384.json", 384, Precision::Int8),
+        ("patents-dev-binary-384.json", 384, Precision::Binary),
+        ("patents-dev-int8-128.json", 128, Precision::Int8),
+        ("patents-dev-float32-256.json", 256, Precision::Float32),
+    ] {
+        let reference: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture(&format!("quant/{file}"))).unwrap())
+                .unwrap();
+        let result = evaluate_cell(&data.triplets, &q, &p, &ng, dim, precision, None);
+        for (key, want) in reference["metrics"].as_object().unwrap() {
+            let (got, want) = (result.metrics[key], want.as_f64().unwrap());
+            assert!((got - want).abs() < 1e-9, "{file} {key}: {got} vs {want}");
+        }
+    }
+    // ubinary ranks as binary.
+    let b = evaluate_cell(&data.triplets, &q, &p, &ng, 384, Precision::Binary, None);
+    let ub = evaluate_cell(&data.triplets, &q, &p, &ng, 384, Precision::Ubinary, None);
+    assert_eq!(b.metrics, ub.metrics);
+}

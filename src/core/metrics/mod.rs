@@ -5,6 +5,7 @@
 //! (block × documents), never documents².
 
 mod index;
+pub mod quantize;
 pub mod uncertainty;
 mod views;
 
@@ -170,8 +171,44 @@ fn rank_in_row(row: &[f32], d: usize, exact: &dyn Fn(usize) -> f64) -> usize {
     before + 1
 }
 
-/// Computes every metric of a retrieval index.
+/// How the queries of an index score its documents: cosine of the float vectors, or a quantised
+/// score (see [`quantize`]).
+pub trait Scorer: Sync {
+    /// Scores of queries `rows` against every document, (rows, documents) row-major, in f32;
+    /// near ties are settled with [`Scorer::exact`].
+    fn block(&self, rows: std::ops::Range<usize>) -> Vec<f32>;
+    /// The exact score of query `q` and document `d`.
+    fn exact(&self, q: usize, d: usize) -> f64;
+    /// 1-based ranks of `targets` for query `q`, given its row of [`Scorer::block`]: documents
+    /// scoring higher, or equal with a lower index, come first.
+    fn ranks(&self, q: usize, row: &[f32], targets: &[usize]) -> Vec<(usize, usize)> {
+        let exact = |j: usize| self.exact(q, j);
+        targets
+            .iter()
+            .map(|&d| (d, rank_in_row(row, d, &exact)))
+            .collect()
+    }
+}
+
+/// Cosine of the float vectors (the default).
+pub struct Cosine<'a>(pub &'a RetrievalIndex);
+
+impl Scorer for Cosine<'_> {
+    fn block(&self, rows: std::ops::Range<usize>) -> Vec<f32> {
+        similarity_block(&self.0.queries, rows, &self.0.docs)
+    }
+    fn exact(&self, q: usize, d: usize) -> f64 {
+        self.0.exact_score(q, d)
+    }
+}
+
+/// Computes every metric of a retrieval index (cosine scores).
 pub fn evaluate(index: &RetrievalIndex) -> EvalResult {
+    evaluate_with(index, &Cosine(index))
+}
+
+/// Computes every metric of a retrieval index with the given scores.
+pub fn evaluate_with(index: &RetrievalIndex, scorer: &dyn Scorer) -> EvalResult {
     let n_q = index.queries.rows();
     // Ranks per query of the documents we need: its relevant ones and its triplets' negatives.
     let mut targets: Vec<Vec<usize>> = index.relevant.clone();
@@ -185,17 +222,13 @@ pub fn evaluate(index: &RetrievalIndex) -> EvalResult {
     let mut ranks: Vec<Vec<(usize, usize)>> = Vec::with_capacity(n_q);
     for start in (0..n_q).step_by(QUERY_BLOCK) {
         let end = (start + QUERY_BLOCK).min(n_q);
-        let scores = similarity_block(&index.queries, start..end, &index.docs);
+        let scores = scorer.block(start..end);
         let n_docs = index.docs.rows();
         let block: Vec<Vec<(usize, usize)>> = (start..end)
             .into_par_iter()
             .map(|q| {
                 let row = &scores[(q - start) * n_docs..(q - start + 1) * n_docs];
-                let exact = |j: usize| index.exact_score(q, j);
-                targets[q]
-                    .iter()
-                    .map(|&d| (d, rank_in_row(row, d, &exact)))
-                    .collect()
+                scorer.ranks(q, row, &targets[q])
             })
             .collect();
         ranks.extend(block);
@@ -210,8 +243,8 @@ pub fn evaluate(index: &RetrievalIndex) -> EvalResult {
     let per_triplet: Vec<TripletScore> = (0..index.query_of_triplet.len())
         .map(|t| {
             let q = index.query_of_triplet[t];
-            let cos_pos = index.exact_score(q, index.pos_doc[t]);
-            let cos_neg = index.exact_score(q, index.neg_doc[t]);
+            let cos_pos = scorer.exact(q, index.pos_doc[t]);
+            let cos_neg = scorer.exact(q, index.neg_doc[t]);
             TripletScore {
                 cos_pos,
                 cos_neg,

@@ -28,6 +28,10 @@ pub struct EvalSettings {
     pub max_seq_len: usize,
     /// Matryoshka truncation, if any.
     pub truncate_dim: Option<usize>,
+    /// Storage precision the metrics were computed at.
+    pub precision: String,
+    /// Rescoring multiplier of a quantised search, if any.
+    pub rescore: Option<usize>,
     /// Texts per batch.
     pub batch_size: usize,
     /// tripletlab's version.

@@ -91,6 +91,9 @@ pub struct TrainConfig {
     pub contrastive_margin: f64,
     /// TripletLoss margin.
     pub triplet_margin: f64,
+    /// Matryoshka dimensions (sentence-transformers' MatryoshkaLoss around the loss: the loss of
+    /// the vectors truncated to each dimension, summed with equal weights); empty: off.
+    pub matryoshka_dims: Vec<usize>,
 }
 
 impl Default for TrainConfig {
@@ -113,6 +116,7 @@ impl Default for TrainConfig {
             mnrl_scale: 20.0,
             contrastive_margin: 0.5,
             triplet_margin: 5.0,
+            matryoshka_dims: Vec::new(),
         }
     }
 }
@@ -274,6 +278,16 @@ pub fn train(
             "training needs triplets to train on and to validate on (got {} and {})",
             train.len(),
             val.len()
+        )));
+    }
+    if let Some(&d) = cfg
+        .matryoshka_dims
+        .iter()
+        .find(|&&d| d == 0 || d > folder.config.hidden_size)
+    {
+        return Err(TrainError::InvalidConfig(format!(
+            "Matryoshka dimension {d} must be between 1 and the model's {}",
+            folder.config.hidden_size
         )));
     }
     if cfg.batch_size < 2 && cfg.loss == LossKind::Mnrl {

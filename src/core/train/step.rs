@@ -149,7 +149,25 @@ pub(super) fn forward_backward<B: TrainBackend>(
             }
         })
         .collect::<candle_core::Result<Vec<_>>>()?;
-    let loss = loss_of(&outs, batch, cfg)?;
+    let loss = if cfg.matryoshka_dims.is_empty() {
+        loss_of(&outs, batch, cfg)?
+    } else {
+        // MatryoshkaLoss: the same loss on the vectors truncated to each dimension (not
+        // normalised again: the losses that need unit vectors normalise them), summed.
+        let mut total: Option<Tensor> = None;
+        for &d in &cfg.matryoshka_dims {
+            let cut = outs
+                .iter()
+                .map(|t| t.narrow(1, 0, d))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let l = loss_of(&cut, batch, cfg)?;
+            total = Some(match total {
+                Some(t) => (t + l)?,
+                None => l,
+            });
+        }
+        total.expect("at least one dimension")
+    };
     let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let forward_secs = start.elapsed().as_secs_f64();
     if value.is_finite() {

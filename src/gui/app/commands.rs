@@ -60,6 +60,8 @@ pub enum Command {
     ScanRuns,
     /// Embed a past run's model (or any folder) as the baseline.
     UseAsBaseline(PathBuf),
+    /// Compute the storage grid of the evaluated models.
+    ComputeGrid,
 }
 
 /// The result of a fine-tuning job.
@@ -123,6 +125,15 @@ fn save_and_embed(
         best_step,
         saved: Ok((out.to_path_buf(), evaluation, model.record.clone())),
     })
+}
+
+/// MatryoshkaLoss dimensions for a model of width `full` (unknown: 384): the width, then 256,
+/// 128, 64 and 32 below it.
+fn matryoshka_dims(full: Option<usize>) -> Vec<usize> {
+    let full = full.unwrap_or(384);
+    std::iter::once(full)
+        .chain([256, 128, 64, 32].into_iter().filter(|&d| d < full))
+        .collect()
 }
 
 /// The bundled sample, used when nothing else is given.
@@ -240,6 +251,7 @@ impl App {
             }
             Command::ExportTo(kind, path) => self.export(kind, path),
             Command::ScanRuns => self.scan_runs(),
+            Command::ComputeGrid => self.start_grid(),
             Command::UseAsBaseline(dir) => {
                 self.settings.model = dir.display().to_string();
                 self.start_embed(None);
@@ -419,6 +431,11 @@ impl App {
             eval_max_seq_len: opts.max_seq_len,
             eval_batch_size: opts.batch_size,
             prompts: opts.prompts.clone(),
+            matryoshka_dims: if t.matryoshka {
+                matryoshka_dims(self.zero_shot.as_ref().map(|e| e.embeddings.queries.dim))
+            } else {
+                Vec::new()
+            },
             ..TrainConfig::default()
         };
         let source = ModelSource::parse(self.settings.model.trim());

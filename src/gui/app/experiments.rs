@@ -10,6 +10,7 @@ use super::App;
 use crate::core::data::Dataset;
 use crate::core::jobs::{self, JobEvent, JobHandle, Outcome};
 use crate::core::metrics::uncertainty::{DEFAULT_RESAMPLES, DEFAULT_SEED};
+use crate::core::pipeline::grid::{grid, Grid};
 use crate::core::pipeline::record::Split;
 use crate::core::pipeline::{compare, subset_rows, Comparison, RunRecord, Subset};
 use crate::core::report::comparison::{markdown, per_triplet_csv, write_html};
@@ -79,6 +80,11 @@ pub struct Experiments {
     pub error: Option<String>,
     /// Past runs found next to the data and the output folder.
     pub runs: Vec<RunSummary>,
+    /// The storage grids of the zero-shot and the fine-tuned model.
+    pub grids: [Option<Arc<Grid>>; 2],
+    /// Why the grid could not be computed.
+    pub grid_error: Option<String>,
+    pub(super) grid_job: Option<JobHandle<(), [Option<Grid>; 2], String>>,
     pub(super) job: Option<JobHandle<(), Comparison, String>>,
     pub(super) export_job: Option<JobHandle<(), PathBuf, String>>,
     pub(super) runs_job: Option<JobHandle<(), Vec<RunSummary>, String>>,
@@ -88,6 +94,11 @@ impl Experiments {
     /// True while the comparison is computed.
     pub fn computing(&self) -> bool {
         self.job.is_some()
+    }
+
+    /// True while the grid is computed.
+    pub fn computing_grid(&self) -> bool {
+        self.grid_job.is_some()
     }
 }
 
@@ -240,8 +251,85 @@ impl App {
         }
     }
 
+    /// Computes the storage grid of the zero-shot model (and the fine-tuned one, if any) on a job
+    /// thread, with the dimensions and precisions of the settings.
+    pub(super) fn start_grid(&mut self) {
+        let (Some(data), Some(a)) = (self.dataset.clone(), self.zero_shot.clone()) else {
+            self.notify(Level::Warning, "Embed the triplets first");
+            return;
+        };
+        let b = self.fine_tuned.clone();
+        let s = &self.settings.storage;
+        let dims: Result<Vec<usize>, String> = s
+            .dims
+            .split(',')
+            .map(|x| {
+                x.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&d| d > 0)
+                    .ok_or_else(|| {
+                        format!(
+                            "dimensions must be positive integers separated by commas, got `{x}`"
+                        )
+                    })
+            })
+            .collect();
+        let dims = match dims {
+            Ok(d) if !d.is_empty() => d,
+            Ok(_) => {
+                self.experiments.grid_error = Some("give at least one dimension".into());
+                return;
+            }
+            Err(e) => {
+                self.experiments.grid_error = Some(e);
+                return;
+            }
+        };
+        let precisions = s.precisions.clone();
+        if precisions.is_empty() {
+            self.experiments.grid_error = Some("choose at least one precision".into());
+            return;
+        }
+        let rescore = s.rescore.then_some(s.rescore_multiplier.max(1));
+        self.experiments.grid_error = None;
+        let spawned = jobs::spawn("storage-grid", self.wake(), move |ctx| {
+            let one = |e: &crate::core::pipeline::Evaluation| {
+                grid(e, &data.triplets, &dims, &precisions, rescore, ctx)
+                    .map_err(|_| "cancelled".to_string())
+            };
+            let ga = one(&a)?;
+            let gb = match &b {
+                Some(b) => Some(one(b)?),
+                None => None,
+            };
+            Ok([Some(ga), gb])
+        });
+        match spawned {
+            Ok(h) => self.experiments.grid_job = Some(h),
+            Err(e) => self.notify(Level::Error, format!("cannot start a thread: {e}")),
+        }
+    }
+
     /// Drains the experiment jobs' events into the state.
     pub(super) fn poll_experiments(&mut self) {
+        if let Some(job) = &mut self.experiments.grid_job {
+            if let Some(done) = job.drain().into_iter().find_map(|e| match e {
+                JobEvent::Done(o) => Some(o),
+                JobEvent::Update(_) => None,
+            }) {
+                self.experiments.grid_job = None;
+                match done {
+                    Outcome::Finished(Ok([a, b])) => {
+                        self.experiments.grids = [a.map(Arc::new), b.map(Arc::new)];
+                    }
+                    Outcome::Finished(Err(e)) => self.experiments.grid_error = Some(e),
+                    Outcome::Panicked(m) => {
+                        self.notify(Level::Error, format!("The grid crashed: {m}"));
+                    }
+                }
+            }
+        }
         if let Some(job) = &mut self.experiments.job {
             if let Some(done) = job.drain().into_iter().find_map(|e| match e {
                 JobEvent::Done(o) => Some(o),

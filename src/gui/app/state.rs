@@ -63,6 +63,8 @@ pub struct TrainSettings {
     pub val_split: f64,
     /// Where to save (empty: next to the data file).
     pub out_dir: String,
+    /// Train with MatryoshkaLoss over the model's width and 256, 128, 64, 32.
+    pub matryoshka: bool,
 }
 
 impl Default for TrainSettings {
@@ -75,6 +77,7 @@ impl Default for TrainSettings {
             lr: d.lr,
             val_split: d.val_split,
             out_dir: String::new(),
+            matryoshka: false,
         }
     }
 }
@@ -107,6 +110,33 @@ pub struct Settings {
     pub smoothing: f64,
     /// K of the metrics panel.
     pub top_k: usize,
+    /// The storage grid's dimensions and precisions.
+    pub storage: StorageSettings,
+}
+
+/// What the storage grid measures.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct StorageSettings {
+    /// Dimensions, comma-separated.
+    pub dims: String,
+    /// Precisions.
+    pub precisions: Vec<crate::core::metrics::quantize::Precision>,
+    /// Rescore quantised cells.
+    pub rescore: bool,
+    /// Candidates rescored, as a multiple of 100.
+    pub rescore_multiplier: usize,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            dims: "384,256,128,64,32".into(),
+            precisions: crate::core::pipeline::grid::DEFAULT_PRECISIONS.to_vec(),
+            rescore: false,
+            rescore_multiplier: 4,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -124,6 +154,7 @@ impl Default for Settings {
             train: TrainSettings::default(),
             smoothing: 0.6,
             top_k: 5,
+            storage: StorageSettings::default(),
         }
     }
 }
@@ -160,18 +191,21 @@ pub enum Tab {
     FineTune,
     /// Zero-shot vs fine-tuned.
     Compare,
+    /// Dimensions × precisions: what truncation and quantisation cost.
+    Storage,
     /// Triplet table and details.
     Inspect,
 }
 
 impl Tab {
     /// Every tab in order.
-    pub const ALL: [Tab; 6] = [
+    pub const ALL: [Tab; 7] = [
         Tab::Data,
         Tab::Metrics,
         Tab::Heatmap,
         Tab::FineTune,
         Tab::Compare,
+        Tab::Storage,
         Tab::Inspect,
     ];
     /// Its label.
@@ -182,6 +216,7 @@ impl Tab {
             Tab::Heatmap => "Heatmap",
             Tab::FineTune => "Fine-tune",
             Tab::Compare => "Compare",
+            Tab::Storage => "Storage",
             Tab::Inspect => "Inspect",
         }
     }

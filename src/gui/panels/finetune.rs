@@ -95,6 +95,10 @@ fn settings(ui: &mut egui::Ui, app: &View, s: &mut Settings, cmds: &mut Commands
             )
             .labelled_by(l.id);
             ui.end_row();
+            ui.label("Matryoshka");
+            ui.checkbox(&mut t.matryoshka, "MatryoshkaLoss over the width, 256, 128, 64, 32")
+                .on_hover_text("Trains truncated vectors too, so the Storage panel's smaller dimensions keep more of their quality");
+            ui.end_row();
             let l = ui.label("Validation share of queries");
             ui.add(egui::Slider::new(&mut t.val_split, 0.05..=0.5))
                 .labelled_by(l.id);

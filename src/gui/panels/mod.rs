@@ -8,6 +8,7 @@ mod heatmap;
 mod inspect;
 mod metrics;
 mod model;
+mod storage;
 
 use eframe::egui::{self, Color32, RichText};
 
@@ -36,6 +37,7 @@ pub fn draw(app: &mut App, ui: &mut egui::Ui) {
         Tab::Heatmap => heatmap::show(ui, &view, state.heatmap, cmds),
         Tab::FineTune => finetune::show(ui, &view, state.settings, cmds),
         Tab::Compare => compare::show(ui, &view, state.heatmap, cmds),
+        Tab::Storage => storage::show(ui, &view, state.settings, cmds),
         Tab::Inspect => inspect::show(ui, &view, state.inspector, cmds),
     });
 }
