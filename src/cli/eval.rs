@@ -26,7 +26,7 @@ fn load_and_embed(
     eprintln!(
         "Model {} ({} pooling, max {} tokens, dim {}, prompts {:?}: query {:?}, document {:?})",
         encoder.source_label,
-        encoder.pooling.name(),
+        encoder.pooling_name(),
         encoder.max_seq_len,
         encoder.dim(),
         p.source,
@@ -151,7 +151,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
             data: args.data.display().to_string(),
             model: encoder.source_label.clone(),
             weights_hash: encoder.weights_hash.clone(),
-            pooling: encoder.pooling.name().to_string(),
+            pooling: encoder.pooling_name().to_string(),
             prompts: encoder.prompts.clone(),
             max_seq_len: encoder.max_seq_len,
             truncate_dim: encoder.truncate_dim,

@@ -12,6 +12,7 @@ mod metrics_reference;
 mod model_folders;
 mod processes;
 mod real_model;
+mod remote;
 mod st_formats;
 mod tiny_encoder;
 mod training;

@@ -405,6 +405,7 @@ fn saved_folder_reloads_with_the_same_embeddings_and_tensor_names() {
     names2.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(names, names2);
     assert_eq!(reloaded.sentence.max_seq_length, Some(48));
+    meets_the_rules_text_embeddings_inference_loads_by(&saved);
     assert_eq!(reloaded.sentence.pooling, folder.sentence.pooling);
     assert!(reloaded.sentence.normalize);
 
@@ -476,4 +477,64 @@ fn an_interrupted_save_leaves_no_half_folder() {
         before
     );
     ModelFolder::open(&saved, "old").unwrap();
+}
+
+/// What text-embeddings-inference requires of a model folder to start (its router's
+/// `ModelConfig`, `PoolConfig` and `STConfig`, read in TEI's source): `config.json` with
+/// `architectures` and `model_type`, a fast `tokenizer.json`, safetensors weights,
+/// `1_Pooling/config.json` with the boolean `pooling_mode_cls_token` and
+/// `pooling_mode_mean_tokens`, a `sentence_bert_config.json` with an integer `max_seq_length`, and
+/// `modules.json` types it parses (the `sentence_transformers.models.*` names).
+fn meets_the_rules_text_embeddings_inference_loads_by(dir: &std::path::Path) {
+    let json = |f: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}")))
+            .unwrap()
+    };
+    let config = json("config.json");
+    assert!(
+        config["architectures"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|x| x.is_string())),
+        "{config}"
+    );
+    assert!(config["model_type"].is_string(), "{config}");
+    assert!(dir.join("tokenizer.json").is_file() && dir.join("model.safetensors").is_file());
+    let pooling = json("1_Pooling/config.json");
+    for k in ["pooling_mode_cls_token", "pooling_mode_mean_tokens"] {
+        assert!(pooling[k].is_boolean(), "{k} in {pooling}");
+    }
+    assert!(json("sentence_bert_config.json")["max_seq_length"].is_u64());
+    for m in json("modules.json").as_array().unwrap() {
+        let t = m["type"].as_str().unwrap();
+        assert!(t.starts_with("sentence_transformers.models."), "{t}");
+    }
+}
+
+#[test]
+fn a_saved_folder_gains_the_config_keys_text_embeddings_inference_requires() {
+    let dir = tiny_model(&TinySpec::default());
+    let path = dir.path().join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("architectures");
+    v.as_object_mut().unwrap().remove("model_type");
+    std::fs::write(&path, v.to_string()).unwrap();
+    let (folder, ck) = open(dir.path());
+    let target = tempfile::tempdir().unwrap();
+    let saved = target.path().join("model");
+    save_model_folder(
+        &saved,
+        &folder,
+        &ck,
+        &HashMap::new(),
+        &settings(),
+        &mut |_| {},
+    )
+    .unwrap();
+    meets_the_rules_text_embeddings_inference_loads_by(&saved);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(saved.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (config["model_type"].as_str(), config["vocab_size"].clone()),
+        (Some("bert"), v["vocab_size"].clone())
+    );
 }

@@ -3,11 +3,14 @@
 //! [`TrainBackend`] runs a training forward pass with a tape and its backward pass into gradients.
 //!
 //! Implementations: [`cpu`], tripletlab's own engine (plain f32 buffers, BLAS, a hand-written
-//! backward pass; the architecture is its own dimension, `cpu/arch/`), and [`candle`], the same
-//! models as candle operations with autograd, the reference the engine is tested against.
+//! backward pass; the architecture is its own dimension, `cpu/arch/`), [`candle`], the same
+//! models as candle operations with autograd, the reference the engine is tested against, and
+//! [`remote`], models served by text-embeddings-inference or an OpenAI-compatible endpoint
+//! (texts in, vectors out; they never train).
 
 pub mod candle;
 pub mod cpu;
+pub mod remote;
 
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use tokenizers::Tokenizer;
 
 use crate::core::backend::cpu::CpuModel;
+use crate::core::backend::remote::{RemoteClient, RemoteSpec};
 use crate::core::backend::{BackendError, Batch, EmbedBackend};
 use crate::core::embeddings::{normalize, Embeddings};
 use crate::core::jobs::{Cancelled, JobCtx, StageClock};
@@ -74,9 +75,21 @@ pub enum EncodeError {
     /// The backend failed on a batch.
     #[error("model computation failed: {0}")]
     Compute(#[from] BackendError),
+    /// A remote model's server failed.
+    #[error("remote model: {0}")]
+    Remote(crate::core::backend::remote::RemoteError),
     /// The job was cancelled.
     #[error("cancelled")]
     Cancelled,
+}
+
+impl From<crate::core::backend::remote::RemoteError> for EncodeError {
+    fn from(e: crate::core::backend::remote::RemoteError) -> Self {
+        match e {
+            crate::core::backend::remote::RemoteError::Cancelled => EncodeError::Cancelled,
+            other => EncodeError::Remote(other),
+        }
+    }
 }
 
 impl From<Cancelled> for EncodeError {
@@ -97,21 +110,35 @@ pub fn cpu_model(folder: &ModelFolder, checkpoint: &Checkpoint) -> Result<CpuMod
     })
 }
 
+/// What computes the vectors.
+enum Runner {
+    /// A model in this process: its tokenizer and a backend over packed token batches.
+    Local {
+        backend: Arc<dyn EmbedBackend>,
+        tokenizer: Box<Tokenizer>,
+        /// Tokens of the query and document prompts that pooling leaves out (0 unless the
+        /// folder says `include_prompt: false`).
+        prompt_skip: [usize; 2],
+    },
+    /// A model behind a server: texts in, vectors out.
+    Remote(Arc<RemoteClient>),
+}
+
 /// A loaded sentence encoder.
 pub struct Encoder {
-    backend: Arc<dyn EmbedBackend>,
-    tokenizer: Tokenizer,
-    /// The folder it was loaded from.
-    pub folder: ModelFolder,
-    /// What the user asked for (hub id or path).
+    runner: Runner,
+    /// The folder it was loaded from (none for a remote model).
+    pub folder: Option<ModelFolder>,
+    /// What the user asked for (hub id, path or remote address).
     pub source_label: String,
-    /// blake3 of the weights file.
+    /// blake3 of the weights file (of the served model's identity, for a remote one).
     pub weights_hash: String,
-    /// Pooling in use.
+    /// Pooling in use (a remote model pools on its server).
     pub pooling: Pooling,
-    /// Whether outputs are L2-normalised.
+    /// Whether outputs are L2-normalised here.
     pub normalize: bool,
-    /// Tokens per text, special tokens included.
+    /// Tokens per text, special tokens included (for a remote model, the server's limit, 0
+    /// when it does not say).
     pub max_seq_len: usize,
     /// Texts per forward pass.
     pub batch_size: usize,
@@ -119,22 +146,53 @@ pub struct Encoder {
     pub prompts: Prompts,
     /// Dimensions kept, if truncated.
     pub truncate_dim: Option<usize>,
-    /// Tokens of the query and document prompts that pooling leaves out (0 unless the folder
-    /// says `include_prompt: false`).
-    prompt_skip: [usize; 2],
     forward_batches: AtomicUsize,
 }
 
 impl Encoder {
-    /// Resolves a source (folder or hub id) and loads it on the CPU engine.
+    /// Resolves a source (folder, hub id or remote address) and loads it: a local model on the
+    /// CPU engine, a remote one through its server.
     pub fn load(
         source: &ModelSource,
         opts: &EncoderOptions,
         on_download: &mut dyn FnMut(DownloadProgress),
     ) -> Result<Self, EncodeError> {
+        if let ModelSource::Remote(spec) = source {
+            return Self::remote(spec, opts);
+        }
         let folder = resolve_source(source, on_download)?;
         let checkpoint = Checkpoint::read(&folder)?;
         Self::from_checkpoint(folder, &checkpoint, source.label(), opts)
+    }
+
+    /// Connects to a remote model (TEI's `/info` says its id, revision and batch limit).
+    pub fn remote(spec: &RemoteSpec, opts: &EncoderOptions) -> Result<Self, EncodeError> {
+        let client = RemoteClient::connect(spec)?;
+        let prompts = Prompts::choose_named(
+            &opts.prompts,
+            &format!("{} {}", spec.label(), client.model_id),
+        );
+        if let Some(d) = opts.truncate_dim.filter(|&d| d == 0 || d > client.dim) {
+            return Err(EncodeError::InvalidOption(format!(
+                "truncate_dim {d} must be between 1 and the served model's dimension {}",
+                client.dim
+            )));
+        }
+        Ok(Self {
+            folder: None,
+            source_label: spec.label(),
+            weights_hash: blake3::hash(client.identity().as_bytes())
+                .to_hex()
+                .to_string(),
+            pooling: Pooling::Mean,
+            normalize: false,
+            max_seq_len: client.max_input_length.unwrap_or(0),
+            batch_size: client.max_batch,
+            prompts,
+            truncate_dim: opts.truncate_dim,
+            forward_batches: AtomicUsize::new(0),
+            runner: Runner::Remote(Arc::new(client)),
+        })
     }
 
     /// Builds an encoder on the CPU engine from a folder whose checkpoint is already read.
@@ -192,30 +250,56 @@ impl Encoder {
             [len(&prompts.query)?, len(&prompts.document)?]
         };
         Ok(Self {
-            backend,
-            tokenizer,
             pooling: folder.sentence.pooling,
             normalize: folder.sentence.normalize,
-            folder,
+            folder: Some(folder),
             source_label,
             weights_hash,
             max_seq_len,
             batch_size: opts.batch_size,
             prompts,
             truncate_dim,
-            prompt_skip,
             forward_batches: AtomicUsize::new(0),
+            runner: Runner::Local {
+                backend,
+                tokenizer: Box::new(tokenizer),
+                prompt_skip,
+            },
         })
+    }
+
+    /// True for a model behind a server.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.runner, Runner::Remote(_))
+    }
+
+    /// The pooling as shown to the user.
+    pub fn pooling_name(&self) -> &'static str {
+        match self.runner {
+            Runner::Local { .. } => self.pooling.name(),
+            Runner::Remote(_) => "the server's",
+        }
+    }
+
+    /// Width of the vectors the model computes.
+    fn model_dim(&self) -> Option<usize> {
+        match &self.runner {
+            Runner::Local { backend, .. } => Some(backend.dim()),
+            Runner::Remote(c) => Some(c.dim),
+        }
     }
 
     /// Length of the output vectors.
     pub fn dim(&self) -> usize {
-        self.truncate_dim.unwrap_or(self.backend.dim())
+        self.truncate_dim.or(self.model_dim()).unwrap_or(0)
     }
 
     /// What runs the model.
     pub fn backend_description(&self) -> String {
-        self.backend.describe()
+        match &self.runner {
+            Runner::Local { backend, .. } => backend.describe(),
+            Runner::Remote(c) => format!("remote: {} serving {}", c.spec().label(), c.model_id),
+        }
     }
 
     /// Number of forward passes run so far (tests use it to prove cache hits).
@@ -238,11 +322,14 @@ impl Encoder {
         h.update(self.weights_hash.as_bytes());
         h.update(&[0]);
         h.update(self.pooling.name().as_bytes());
+        let (include_prompt, lower) = self.folder.as_ref().map_or((true, false), |f| {
+            (f.sentence.include_prompt, f.sentence.do_lower_case)
+        });
         h.update(&[
             self.normalize as u8,
-            self.folder.sentence.include_prompt as u8,
-            self.folder.sentence.do_lower_case as u8,
-            0,
+            include_prompt as u8,
+            lower as u8,
+            self.is_remote() as u8,
         ]);
         h.update(self.prompt(role).as_bytes());
         h.update(&[0]);
@@ -258,14 +345,18 @@ impl Encoder {
         ctx: &JobCtx,
     ) -> Result<Vec<Tokenized>, EncodeError> {
         const CHUNK: usize = 512;
+        let Runner::Local { tokenizer, .. } = &self.runner else {
+            return Err(EncodeError::InvalidOption(
+                "a remote model tokenizes on its server".into(),
+            ));
+        };
         let prompt = self.prompt(role);
         let clock = StageClock::start("tokenizing", "texts", texts.len());
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(CHUNK) {
             ctx.check_cancel()?;
             let inputs: Vec<String> = chunk.iter().map(|t| format!("{prompt}{t}")).collect();
-            let encodings = self
-                .tokenizer
+            let encodings = tokenizer
                 .encode_batch(inputs, true)
                 .map_err(|e| EncodeError::Tokenize(e.to_string()))?;
             for enc in encodings {
@@ -302,6 +393,9 @@ impl Encoder {
         role: Role,
         ctx: &JobCtx,
     ) -> Result<(Embeddings, Vec<TokenCount>), EncodeError> {
+        if let Runner::Remote(client) = &self.runner {
+            return self.encode_remote(client, texts, role, ctx);
+        }
         let tokenized = self.tokenize(texts, role, ctx)?;
         let dim = self.dim();
         let mut data = vec![0f32; texts.len() * dim];
@@ -325,12 +419,56 @@ impl Encoder {
         Ok((Embeddings::from_vec(dim, data), counts))
     }
 
+    /// Texts (with the role's prompt, which the client adds: a server takes no free prefix)
+    /// through a remote model, then truncation. Token counts are the server's business: 0.
+    fn encode_remote(
+        &self,
+        client: &RemoteClient,
+        texts: &[&str],
+        role: Role,
+        ctx: &JobCtx,
+    ) -> Result<(Embeddings, Vec<TokenCount>), EncodeError> {
+        let prompt = self.prompt(role);
+        let inputs: Vec<String> = texts.iter().map(|t| format!("{prompt}{t}")).collect();
+        let mut emb = client.embed(&inputs, ctx)?;
+        if emb.dim != client.dim && !inputs.is_empty() {
+            return Err(EncodeError::InvalidOption(format!(
+                "the server's vectors changed from {} to {} dimensions since it was connected",
+                client.dim, emb.dim
+            )));
+        }
+        self.forward_batches
+            .fetch_add(inputs.len().div_ceil(client.max_batch), Ordering::Relaxed);
+        if let Some(d) = self.truncate_dim {
+            if d > emb.dim {
+                return Err(EncodeError::InvalidOption(format!(
+                    "truncate_dim {d} is wider than the served model's {} dimensions",
+                    emb.dim
+                )));
+            }
+            emb = crate::core::metrics::quantize::truncate(&emb, d);
+        }
+        let counts = vec![
+            TokenCount {
+                tokens: 0,
+                truncated: false
+            };
+            texts.len()
+        ];
+        Ok((emb, counts))
+    }
+
     /// One batch through the backend, the Normalize module and truncation; returns
     /// `rows * dim` floats.
     fn forward_pooled(&self, rows: &[&Tokenized], role: Role) -> Result<Vec<f32>, EncodeError> {
+        let Runner::Local { backend, .. } = &self.runner else {
+            return Err(EncodeError::InvalidOption(
+                "a remote model has no local batches".into(),
+            ));
+        };
         let batch = self.batch(rows, role);
-        let h = self.backend.dim();
-        let mut pooled = self.backend.embed(&batch)?;
+        let h = backend.dim();
+        let mut pooled = backend.embed(&batch)?;
         self.forward_batches.fetch_add(1, Ordering::Relaxed);
         if self.normalize {
             pooled.chunks_mut(h).for_each(normalize);
@@ -350,7 +488,10 @@ impl Encoder {
 
     /// A batch of tokenized texts for a backend (packed, no padding).
     fn batch(&self, rows: &[&Tokenized], role: Role) -> Batch {
-        let skip = self.prompt_skip[role as usize];
+        let skip = match &self.runner {
+            Runner::Local { prompt_skip, .. } => prompt_skip[role as usize],
+            Runner::Remote(_) => 0,
+        };
         Batch {
             ids: rows.iter().flat_map(|r| r.ids.iter().copied()).collect(),
             type_ids: rows

@@ -18,11 +18,17 @@ pub enum ModelSource {
     Dir(PathBuf),
     /// A hub id such as `intfloat/e5-small-v2`.
     Hub(String),
+    /// A model served elsewhere: `tei:URL` or `openai:URL[#MODEL]` (embedding only).
+    Remote(crate::core::backend::remote::RemoteSpec),
 }
 
 impl ModelSource {
-    /// A path that exists, or that looks like a path, is a folder; anything else is a hub id.
+    /// `tei:URL` / `openai:URL[#MODEL]` is a remote model; a path that exists, or that looks
+    /// like a path, is a folder; anything else is a hub id.
     pub fn parse(spec: &str) -> Self {
+        if let Some(remote) = crate::core::backend::remote::RemoteSpec::parse(spec) {
+            return ModelSource::Remote(remote);
+        }
         let p = Path::new(spec);
         let looks_like_path = spec.starts_with(['.', '/', '~'])
             || spec.contains('\\')
@@ -39,6 +45,7 @@ impl ModelSource {
         match self {
             ModelSource::Dir(p) => p.display().to_string(),
             ModelSource::Hub(id) => id.clone(),
+            ModelSource::Remote(r) => r.label(),
         }
     }
 }
@@ -115,6 +122,11 @@ pub fn resolve_source(
             let dir = download(&cache, id, on_progress)?;
             ModelFolder::open(&dir, id)
         }
+        ModelSource::Remote(r) => Err(ModelError::Hub(format!(
+            "{} is a served model: it embeds through its server and has no folder to read, \
+             fine-tune or save (use a local folder or hub id for that)",
+            r.label()
+        ))),
     }
 }
 

@@ -120,6 +120,26 @@ impl Prompts {
     }
 }
 
+impl Prompts {
+    /// Resolves a choice for a model known only by name (a remote one): its family's defaults
+    /// (e5's `query: ` / `passage: `) or none.
+    pub fn choose_named(choice: &PromptChoice, name: &str) -> Self {
+        match choice {
+            PromptChoice::Auto if is_e5_family(name) => Self {
+                query: "query: ".into(),
+                document: "passage: ".into(),
+                source: PromptSource::E5Default,
+            },
+            PromptChoice::Auto | PromptChoice::None => Self::none(),
+            PromptChoice::Custom { query, document } => Self {
+                query: query.clone(),
+                document: document.clone(),
+                source: PromptSource::User,
+            },
+        }
+    }
+}
+
 /// True for names such as `intfloat/e5-small-v2` or `multilingual-e5-large`.
 fn is_e5_family(name: &str) -> bool {
     name.to_lowercase()

@@ -258,9 +258,25 @@ fn write_folder(
     })?;
     after_file(&weights_path);
 
+    // The source's config.json, with `model_type` and `architectures` added where an old
+    // checkpoint lacks them: text-embeddings-inference requires both.
     let config_src = source.transformer_dir.join("config.json");
     let config_dst = dir.join("config.json");
-    std::fs::copy(&config_src, &config_dst).map_err(io(&config_dst))?;
+    let bytes = super::read_limited(&config_src, super::CONFIG_FILE_LIMIT_BYTES)
+        .map_err(|e| SaveError::Target(format!("cannot read {}: {e}", config_src.display())))?;
+    let mut config: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| SaveError::Target(format!("{} is not JSON: {e}", config_src.display())))?;
+    let (model_type, class) = match source.config.arch {
+        super::Arch::Bert => ("bert", "BertModel"),
+        super::Arch::XlmRoberta => ("xlm-roberta", "XLMRobertaModel"),
+        super::Arch::MpNet => ("mpnet", "MPNetModel"),
+    };
+    if let Some(map) = config.as_object_mut() {
+        map.entry("model_type").or_insert_with(|| json!(model_type));
+        map.entry("architectures").or_insert_with(|| json!([class]));
+    }
+    let text = serde_json::to_string_pretty(&config).expect("JSON values serialise") + "\n";
+    std::fs::write(&config_dst, text).map_err(io(&config_dst))?;
     after_file(&config_dst);
     for f in TOKENIZER_FILES {
         let src = source.transformer_dir.join(f);

@@ -323,7 +323,7 @@ impl App {
                     ctx.warn(format!("{e}; its training rows are unknown"));
                     None
                 }),
-                ModelSource::Hub(_) => None,
+                ModelSource::Hub(_) | ModelSource::Remote(_) => None,
             };
             Ok((eval, record))
         });
