@@ -48,7 +48,10 @@ echo "saved $OUT/fine-tune-done.png"
 kill $pid 2>/dev/null || true
 wait $pid 2>/dev/null || true
 
-# 2. Every panel, comparing with the fine-tuned model (embeddings come from the cache).
+# 2. Mining the sample's own documents for hard negatives.
+shot mining 30 --mine --tab mining
+
+# 3. Every panel, comparing with the fine-tuned model (embeddings come from the cache).
 for tab in data metrics heatmap compare inspect; do
   extra=()
   [ "$tab" = inspect ] && extra=(--inspect 3)

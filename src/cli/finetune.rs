@@ -60,6 +60,8 @@ pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<_>>()?,
             None => Vec::new(),
         },
+        max_negatives: args.max_negatives,
+        mini_batch: args.mini_batch,
         ..TrainConfig::default()
     };
     if let Some(why) = would_replace(&args.out) {

@@ -5,6 +5,7 @@ mod compare;
 mod eval;
 mod finetune;
 mod grid;
+mod mine;
 mod progress;
 
 use std::path::PathBuf;
@@ -46,6 +47,9 @@ pub enum Command {
     /// trained on): every metric with its 95 % interval, every difference with a paired interval
     /// and p-value.
     Compare(CompareArgs),
+    /// Mine hard negatives for a triplet file's queries from its documents and any extra corpus
+    /// (sentence-transformers' mine_hard_negatives), written as triplet rows to train on.
+    Mine(MineArgs),
     /// Measure embedding throughput, fine-tuning step time, metric time, cached open to first
     /// heatmap, and peak memory.
     Bench(BenchArgs),
@@ -217,6 +221,60 @@ pub struct GridArgs {
     pub no_cache: bool,
 }
 
+/// `tripletlab mine`.
+#[derive(Debug, Args)]
+pub struct MineArgs {
+    /// Triplet file: its queries are the anchors, its positives theirs, its distinct documents
+    /// the corpus.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// More corpus documents: a triplet file (its distinct positives and negatives) or a .txt
+    /// file (one document per line); may be given several times.
+    #[arg(long)]
+    pub corpus: Vec<PathBuf>,
+    /// Output: JSON lines of {query, pos, negative}, one per mined negative (or n-tuples).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Row layout: `triplet` (one row per negative) or `n-tuple` ({query, pos, negative_1, …}).
+    #[arg(long, default_value = "triplet")]
+    pub format: String,
+    /// Skip this many of the best candidates (after filtering).
+    #[arg(long, default_value_t = 0)]
+    pub range_min: usize,
+    /// Consider only this many candidates (after filtering) [default: sentence-transformers'].
+    #[arg(long)]
+    pub range_max: Option<usize>,
+    /// Drop candidates whose score + this exceeds the positive's score.
+    #[arg(long)]
+    pub absolute_margin: Option<f64>,
+    /// Drop candidates scoring above positive × (1 − this) (NV-Retriever's relative margin;
+    /// 0.05 is a good start).
+    #[arg(long)]
+    pub relative_margin: Option<f64>,
+    /// Drop candidates scoring below this.
+    #[arg(long)]
+    pub min_score: Option<f64>,
+    /// Drop candidates scoring above this.
+    #[arg(long)]
+    pub max_score: Option<f64>,
+    /// Negatives per query.
+    #[arg(long, default_value_t = 3)]
+    pub num_negatives: usize,
+    /// `top` (the best candidates) or `random` (a seeded choice among them).
+    #[arg(long, default_value = "top")]
+    pub sampling: String,
+    /// Seed of random sampling.
+    #[arg(long, default_value_t = 12)]
+    pub seed: u64,
+    /// Also write the settings, counts and every query's negatives (scores, ranks, margins) as
+    /// JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Model and encoding options.
+    #[command(flatten)]
+    pub encoder: EncoderArgs,
+}
+
 /// `tripletlab compare`.
 #[derive(Debug, Args)]
 pub struct CompareArgs {
@@ -322,6 +380,16 @@ pub struct FinetuneArgs {
     /// e.g. 384,256,128,64,32), so truncated vectors keep their quality.
     #[arg(long)]
     pub matryoshka_dims: Option<String>,
+    /// Negatives per mnrl example: rows sharing a query and positive (as `tripletlab mine`
+    /// writes them, or n-tuple rows) are joined into one example with up to N negatives, each a
+    /// candidate for every anchor of the batch.
+    #[arg(long, default_value_t = 1)]
+    pub max_negatives: usize,
+    /// GradCache (sentence-transformers' CachedMultipleNegativesRankingLoss): run the batch in
+    /// mini-batches of N texts, so --batch-size 64–256 fits in memory; same gradients, about a
+    /// third more compute.
+    #[arg(long)]
+    pub mini_batch: Option<usize>,
 }
 
 fn parse_loss(s: &str) -> Result<LossKind, String> {
@@ -350,6 +418,9 @@ pub struct GuiArgs {
     /// Start fine-tuning once the first embedding is done (implies --embed).
     #[arg(long)]
     pub fine_tune: bool,
+    /// Mine hard negatives once the file is loaded (the Mining panel's settings).
+    #[arg(long)]
+    pub mine: bool,
     /// Compare with this fine-tuned model folder once the first embedding is done (implies --embed).
     #[arg(long)]
     pub compare_with: Option<PathBuf>,
@@ -380,6 +451,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             embed_on_start: args.embed || args.fine_tune || args.compare_with.is_some(),
             fine_tune_on_start: args.fine_tune,
             compare_with: args.compare_with,
+            mine_on_start: args.mine,
             tab: args.tab,
             inspect: args.inspect,
             fine_tune_out: args.out,
@@ -390,6 +462,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Finetune(args) => finetune::finetune(&args),
         Command::Compare(args) => compare::compare(&args),
         Command::Grid(args) => grid::grid(&args),
+        Command::Mine(args) => mine::mine(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::Check(args) => check(&args),
     }

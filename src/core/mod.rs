@@ -10,6 +10,7 @@ pub mod encoder;
 pub mod files;
 pub mod jobs;
 pub mod metrics;
+pub mod mining;
 pub mod model;
 pub mod pipeline;
 pub mod report;

@@ -64,3 +64,19 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
 }
+
+/// Runs the binary with its cache in `cache`.
+pub fn tripletlab(args: &[&str], cache: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tripletlab"))
+        .args(args)
+        .env("TRIPLETLAB_CACHE_DIR", cache)
+        .output()
+        .unwrap()
+}
+
+/// The stderr of a run that must have succeeded.
+pub fn ok(out: std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    err
+}

@@ -4,26 +4,11 @@
 //! p-values are in the JSON; reports are written.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use tripletlab::core::model::tiny::TinySpec;
 use tripletlab::core::pipeline::RunRecord;
 
-use crate::common::{dev_triplets, tiny_model};
-
-fn tripletlab(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tripletlab"))
-        .args(args)
-        .env("TRIPLETLAB_CACHE_DIR", cache)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{err}");
-    err
-}
+use crate::common::{dev_triplets, ok, tiny_model, tripletlab};
 
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()

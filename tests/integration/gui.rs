@@ -570,3 +570,87 @@ fn the_storage_panel_computes_the_grid_with_retained_shares() {
         "no cell {shown}"
     );
 }
+
+#[test]
+fn the_mining_panel_mines_reviews_by_keyboard_and_exports_the_accepted_rows() {
+    let f = fixture(30);
+    let mut h = harness(&f);
+    step_until(&mut h, "the file to load", |a| a.dataset.is_some());
+    h.state_mut().settings.mining.num_negatives = 2;
+    h.state_mut().settings.mining.range_max = 10;
+    // The tiny random model scores every text alike: no margin, or nothing would pass it.
+    h.state_mut().settings.mining.use_relative_margin = false;
+    h.get_by_label("Mining").click();
+    h.step();
+    h.step();
+    h.get_by_label("Mine").click();
+    step_until(&mut h, "mining", |a| a.mining.result.is_some());
+    let r = h.state().mining.result.clone().unwrap();
+    assert_eq!(r.summary.queries, 30);
+    assert_eq!(r.summary.negatives, 60, "2 per query");
+    h.step();
+    assert!(h.query_by_label("60 mined negatives listed").is_some());
+    assert!(h.query_by_label("60 accepted").is_some());
+    // Keyboard: R rejects the selected negative and moves on, A accepts, ↓ moves.
+    h.key_press(egui::Key::R);
+    h.step();
+    h.key_press(egui::Key::R);
+    h.step();
+    h.key_press(egui::Key::ArrowUp);
+    h.step();
+    h.key_press(egui::Key::A);
+    h.step();
+    let accepted = &h.state().mining_review.accepted;
+    assert_eq!(
+        (accepted[0][0], accepted[0][1]),
+        (false, true),
+        "{accepted:?}"
+    );
+    h.step();
+    assert!(h.query_by_label("59 accepted").is_some());
+    // Bulk: reject every negative scoring above a threshold.
+    let scores: Vec<f64> = r
+        .mined
+        .per_query
+        .iter()
+        .flat_map(|m| m.negatives.iter().map(|n| n.score))
+        .collect();
+    let mut sorted = scores.clone();
+    sorted.sort_by(f64::total_cmp);
+    let threshold = sorted[40];
+    let above = scores.iter().filter(|&&s| s > threshold).count();
+    h.state_mut().mining_review.reject_above = threshold;
+    h.step();
+    h.get_by_label(&format!("Reject scores above {threshold:.3} ({above})"))
+        .click();
+    h.step();
+    let kept = h
+        .state()
+        .mining_review
+        .accepted
+        .iter()
+        .flatten()
+        .filter(|a| **a)
+        .count();
+    let expected = (0..60)
+        .filter(|&i| scores[i] <= threshold && i != 0)
+        .count();
+    assert_eq!(kept, expected);
+    // Export: the accepted mined rows, then the file's own rows.
+    let out = f.work.path().join("mined.jsonl");
+    h.state_mut()
+        .commands
+        .push(Command::ExportMinedTo(out.clone()));
+    step_until(&mut h, "the export", |a| a.mining.exported.is_some());
+    let rows = tripletlab::core::data::load_triplets(&out).unwrap();
+    assert_eq!(rows.len(), kept + 30);
+    assert_eq!(rows.triplets[kept..], dev_triplets(30)[..]);
+    h.get_by_label("Open the export").click();
+    step_until(&mut h, "the export to open", |a| {
+        a.dataset.as_ref().is_some_and(|d| d.path == out)
+    });
+    assert!(
+        h.state().mining.result.is_none(),
+        "a new file forgets the old mining"
+    );
+}

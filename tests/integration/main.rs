@@ -9,6 +9,7 @@ mod experiments;
 mod gui;
 mod layering;
 mod metrics_reference;
+mod mining;
 mod model_folders;
 mod processes;
 mod real_model;

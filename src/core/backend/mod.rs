@@ -77,6 +77,13 @@ pub trait DropoutRng {
     /// Fills `out` with a keep-mask scaled by 1/(1-p).
     fn fill(&mut self, out: &mut [f32], p: f32);
 
+    /// A seed for a sub-stream of masks that can be drawn twice (GradCache replays a
+    /// mini-batch's forward pass with the same masks); generators that draw no random masks
+    /// need not override it.
+    fn next_seed(&mut self) -> u64 {
+        0
+    }
+
     /// A keep-mask scaled by 1/(1-p), of `n` elements.
     fn mask(&mut self, n: usize, p: f32) -> Vec<f32> {
         let mut out = vec![0f32; n];

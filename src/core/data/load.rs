@@ -204,9 +204,9 @@ fn validate_rows(
     let mut source_rows = Vec::with_capacity(rows.len());
     for (index, row) in rows.into_iter().enumerate() {
         match row.value.and_then(|v| check_row(&v, &mut key_set)) {
-            Ok(t) => {
-                triplets.push(t);
-                source_rows.push(index);
+            Ok(ts) => {
+                source_rows.extend(std::iter::repeat_n(index, ts.len()));
+                triplets.extend(ts);
             }
             Err(problem) => report.skipped.push(SkippedRow {
                 index,
@@ -249,8 +249,10 @@ fn validate_rows(
     })
 }
 
-/// Checks one row; the first row that names a key set fixes it for the file.
-fn check_row(value: &Value, key_set: &mut Option<KeySet>) -> Result<Triplet, RowProblem> {
+/// Checks one row; the first row that names a key set fixes it for the file. A row with
+/// `negative_1`, `negative_2`, … instead of `negative` (sentence-transformers' n-tuples, as
+/// `tripletlab mine --format n-tuple` writes them) gives one triplet per negative.
+fn check_row(value: &Value, key_set: &mut Option<KeySet>) -> Result<Vec<Triplet>, RowProblem> {
     let Value::Object(map) = value else {
         return Err(RowProblem::NotAnObject {
             found: describe(value),
@@ -276,26 +278,40 @@ fn check_row(value: &Value, key_set: &mut Option<KeySet>) -> Result<Triplet, Row
         }
         (None, None) => KeySet::QueryPosNegative,
     };
-    let mut texts = Field::ALL.iter().map(|&field| {
-        let key = field.key(set);
-        match map.get(key) {
-            None => Err(RowProblem::MissingKey { key: key.into() }),
-            Some(Value::String(s)) if s.trim().is_empty() => {
-                Err(RowProblem::EmptyText { key: key.into() })
-            }
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(other) => Err(RowProblem::NotAString {
-                key: key.into(),
-                found: describe(other),
-            }),
+    let text = |key: &str| match map.get(key) {
+        None => Err(RowProblem::MissingKey { key: key.into() }),
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            Err(RowProblem::EmptyText { key: key.into() })
         }
-    });
-    let mut next = || texts.next().expect("three fields");
-    Ok(Triplet {
-        query: next()?,
-        pos: next()?,
-        negative: next()?,
-    })
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(RowProblem::NotAString {
+            key: key.into(),
+            found: describe(other),
+        }),
+    };
+    let query = text(Field::Query.key(set))?;
+    let pos = text(Field::Pos.key(set))?;
+    let negatives = if !map.contains_key("negative") && map.contains_key("negative_1") {
+        let mut out = Vec::new();
+        for k in 1.. {
+            let key = format!("negative_{k}");
+            if !map.contains_key(&key) {
+                break;
+            }
+            out.push(text(&key)?);
+        }
+        out
+    } else {
+        vec![text("negative")?]
+    };
+    Ok(negatives
+        .into_iter()
+        .map(|negative| Triplet {
+            query: query.clone(),
+            pos: pos.clone(),
+            negative,
+        })
+        .collect())
 }
 
 fn json_error(path: &Path, e: &serde_json::Error) -> DataError {
@@ -342,6 +358,24 @@ mod tests {
         assert_eq!(d.format, FileFormat::JsonArray);
         assert_eq!(d.key_set, KeySet::QueryPosNegative);
         let d = parse(r#"[{"anchor":"q","positive":"p","negative":"n"}]"#).unwrap();
+        let tuples = parse(
+            "{\"query\":\"q\",\"pos\":\"p\",\"negative_1\":\"a\",\"negative_2\":\"b\"}\n\
+             {\"query\":\"r\",\"pos\":\"p\",\"negative_1\":\"c\",\"negative_2\":7}\n\
+             {\"query\":\"s\",\"pos\":\"p\",\"negative_1\":\"d\"}\n",
+        )
+        .unwrap();
+        let negs: Vec<&str> = tuples
+            .triplets
+            .iter()
+            .map(|t| t.negative.as_str())
+            .collect();
+        assert_eq!(
+            negs,
+            ["a", "b", "d"],
+            "n-tuple rows give one triplet per negative"
+        );
+        assert_eq!(tuples.source_rows, [0, 0, 2]);
+        assert!(tuples.report.skipped[0].to_string().contains("negative_2"));
         assert_eq!(d.key_set, KeySet::AnchorPositiveNegative);
         assert_eq!(
             d.triplets[0],

@@ -8,7 +8,7 @@ mod triplets;
 
 pub use crate::core::model::prompts::{PromptChoice, PromptSource, Prompts};
 pub use tokenize::TokenCount;
-pub use triplets::{embed_triplets, TripletEmbeddings};
+pub use triplets::{embed_texts, embed_triplets, TripletEmbeddings};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -106,6 +106,20 @@ pub fn embed_triplets(
     })
 }
 
+/// Embeds distinct texts of one role through the cache: vectors, token counts, cache hits, and
+/// the cache's warnings (they never stop the job).
+pub fn embed_texts(
+    encoder: &Encoder,
+    texts: &[&str],
+    role: Role,
+    cache: Option<&EmbeddingCache>,
+    ctx: &JobCtx,
+) -> Result<(Embeddings, Vec<TokenCount>, usize, Vec<String>), EncodeError> {
+    let mut warnings = Vec::new();
+    let (e, c, h) = embed_role(encoder, texts, role, cache, &mut warnings, ctx)?;
+    Ok((e, c, h, warnings))
+}
+
 /// Embeds distinct texts of one role, reading and filling the cache. Returns vectors, token
 /// counts and the number of cache hits.
 fn embed_role(

@@ -66,25 +66,26 @@ pub fn subset_rows(
     subset: Subset,
 ) -> Result<SubsetRows, String> {
     let matching = record.filter(|r| r.matches(data));
-    let trained_on = matching.map(|r| r.split.train_rows().len());
     let all = || (0..data.len()).collect::<Vec<_>>();
-    let by_row: HashMap<usize, usize> = data
-        .source_rows
-        .iter()
-        .enumerate()
-        .map(|(i, &row)| (row, i))
-        .collect();
+    // A row gives several triplets when it is an n-tuple.
+    let mut by_row: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (i, &row) in data.source_rows.iter().enumerate() {
+        by_row.entry(row).or_default().push(i);
+    }
     let pick = |rows: &[usize]| -> Result<Vec<usize>, String> {
-        let mut t: Vec<usize> = rows
-            .iter()
-            .map(|r| {
-                by_row.get(r).copied().ok_or_else(|| {
-                    format!("the run record names row {r}, which is not a valid row of this file")
-                })
-            })
-            .collect::<Result<_, _>>()?;
+        let mut t: Vec<usize> = Vec::new();
+        for r in rows {
+            let ts = by_row.get(r).ok_or_else(|| {
+                format!("the run record names row {r}, which is not a valid row of this file")
+            })?;
+            t.extend(ts);
+        }
         t.sort_unstable();
         Ok(t)
+    };
+    let trained_on = match matching {
+        Some(r) => Some(pick(r.split.train_rows())?.len()),
+        None => None,
     };
     let (triplets, note) = match (subset, matching) {
         (Subset::All, Some(r)) => (
@@ -92,7 +93,7 @@ pub fn subset_rows(
             format!(
                 "all {} triplets of the file, {} of which the model was trained on",
                 data.len(),
-                r.split.train_rows().len()
+                trained_on.unwrap_or(r.split.train_rows().len())
             ),
         ),
         (Subset::All, None) => (

@@ -114,10 +114,11 @@ pub fn fine_tune(
     let checkpoint = Checkpoint::read(&folder).map_err(model_err)?;
     let cfg = &req.cfg;
     let data = req.data;
+    // Triplets in file order; an n-tuple row gives several, all on the same side of the split.
     let file_rows = |rows: &[usize]| {
-        rows.iter()
-            .map(|&i| data.source_rows[i])
-            .collect::<Vec<_>>()
+        let mut r: Vec<usize> = rows.iter().map(|&i| data.source_rows[i]).collect();
+        r.dedup();
+        r
     };
     let (train_idx, val_set, split, val_what) = match &req.validation {
         Validation::Split { share } => {

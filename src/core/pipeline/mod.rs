@@ -6,6 +6,7 @@ pub mod compare;
 mod evaluate;
 pub mod finetune;
 pub mod grid;
+pub mod mine;
 pub mod record;
 
 pub use compare::{compare, subset_rows, Comparison, Subset, SubsetRows};

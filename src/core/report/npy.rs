@@ -1,6 +1,5 @@
 //! Minimal NumPy `.npy` (format 1.0) reading and writing of 2-D little-endian float32 matrices.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::core::embeddings::Embeddings;
@@ -49,11 +48,7 @@ pub fn write_npy_f32(path: &Path, m: &Embeddings) -> Result<(), NpyError> {
     for x in &m.data {
         bytes.extend_from_slice(&x.to_le_bytes());
     }
-    let tmp = path.with_extension("npy.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(&bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::core::files::write_atomic(path, &bytes).map_err(io)
 }
 
 /// Reads a 2-D `<f4` C-order `.npy`.

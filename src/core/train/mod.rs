@@ -10,7 +10,8 @@ mod step;
 mod weights;
 
 pub use sampler::{
-    linear_lr, no_duplicate_batches, shuffled_batches, split_by_query, split_rows_by_query,
+    linear_lr, no_duplicate_batches, no_duplicate_batches_of, shuffled_batches, split_by_query,
+    split_rows_by_query,
 };
 pub use weights::Trainable;
 
@@ -94,6 +95,14 @@ pub struct TrainConfig {
     /// Matryoshka dimensions (sentence-transformers' MatryoshkaLoss around the loss: the loss of
     /// the vectors truncated to each dimension, summed with equal weights); empty: off.
     pub matryoshka_dims: Vec<usize>,
+    /// Negatives per mnrl example: 1 trains on each row as it is; more joins the rows that share
+    /// a query and positive (as `tripletlab mine` writes them) into one example with up to this
+    /// many negatives, all of them candidates for every anchor of the batch.
+    pub max_negatives: usize,
+    /// GradCache: embed the batch in mini-batches of this many texts and replay each for its
+    /// backward pass (sentence-transformers' CachedMultipleNegativesRankingLoss), so memory
+    /// follows the mini-batch, not the batch; `None`: one pass per column.
+    pub mini_batch: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -117,6 +126,8 @@ impl Default for TrainConfig {
             contrastive_margin: 0.5,
             triplet_margin: 5.0,
             matryoshka_dims: Vec::new(),
+            max_negatives: 1,
+            mini_batch: None,
         }
     }
 }
@@ -289,6 +300,18 @@ pub fn train(
             "Matryoshka dimension {d} must be between 1 and the model's {}",
             folder.config.hidden_size
         )));
+    }
+    if cfg.max_negatives > 1 && cfg.loss != LossKind::Mnrl {
+        return Err(TrainError::InvalidConfig(format!(
+            "several negatives per example ({}) need the mnrl loss, not {}",
+            cfg.max_negatives,
+            cfg.loss.name()
+        )));
+    }
+    if cfg.mini_batch == Some(0) {
+        return Err(TrainError::InvalidConfig(
+            "the GradCache mini-batch must hold at least one text".into(),
+        ));
     }
     if cfg.batch_size < 2 && cfg.loss == LossKind::Mnrl {
         return Err(TrainError::InvalidConfig(

@@ -41,20 +41,33 @@ pub fn no_duplicate_batches(
     batch_size: usize,
     rng: &mut impl rand::Rng,
 ) -> Vec<Vec<usize>> {
-    let mut remaining: Vec<usize> = (0..triplets.len()).collect();
+    let texts: Vec<Vec<&str>> = triplets
+        .iter()
+        .map(|t| vec![t.query.as_str(), t.pos.as_str(), t.negative.as_str()])
+        .collect();
+    no_duplicate_batches_of(&texts, batch_size, rng)
+}
+
+/// [`no_duplicate_batches`] over examples of any number of texts (`texts[i]`: example i's).
+pub fn no_duplicate_batches_of(
+    texts: &[Vec<&str>],
+    batch_size: usize,
+    rng: &mut impl rand::Rng,
+) -> Vec<Vec<usize>> {
+    let examples = texts;
+    let mut remaining: Vec<usize> = (0..examples.len()).collect();
     remaining.shuffle(rng);
     let mut batches = Vec::new();
     while !remaining.is_empty() {
         let mut texts: HashSet<&str> = HashSet::new();
         let mut batch = Vec::with_capacity(batch_size);
         for &i in &remaining {
-            let t = &triplets[i];
-            let values = [t.query.as_str(), t.pos.as_str(), t.negative.as_str()];
+            let values = &examples[i];
             if values.iter().any(|v| texts.contains(v)) {
                 continue;
             }
             batch.push(i);
-            texts.extend(values);
+            texts.extend(values.iter().copied());
             if batch.len() == batch_size {
                 break;
             }

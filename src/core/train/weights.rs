@@ -79,7 +79,20 @@ impl Trainable {
 /// Dropout masks from a seeded generator.
 pub(super) struct SeededDropout(pub(super) rand::rngs::SmallRng);
 
+impl SeededDropout {
+    /// A generator of its own seeded with `seed`.
+    pub(super) fn from_seed(seed: u64) -> Self {
+        use rand::SeedableRng;
+        Self(rand::rngs::SmallRng::seed_from_u64(seed))
+    }
+}
+
 impl DropoutRng for SeededDropout {
+    fn next_seed(&mut self) -> u64 {
+        use rand::RngCore;
+        self.0.next_u64()
+    }
+
     /// Blocks of the mask are drawn in parallel, each from a generator seeded by one draw of
     /// this one and the block's index: the same masks on any number of threads.
     fn fill(&mut self, out: &mut [f32], p: f32) {

@@ -62,6 +62,12 @@ pub enum Command {
     UseAsBaseline(PathBuf),
     /// Compute the storage grid of the evaluated models.
     ComputeGrid,
+    /// Mine hard negatives for the open file.
+    StartMining,
+    /// Forget an extra corpus file.
+    RemoveCorpus(PathBuf),
+    /// Write the accepted mined rows to this file.
+    ExportMinedTo(PathBuf),
 }
 
 /// The result of a fine-tuning job.
@@ -215,6 +221,13 @@ impl App {
                             .add_filter(kind.extension(), &[kind.extension()])
                             .set_file_name(format!("comparison.{}", kind.extension()))
                             .save_file(),
+                        DialogTarget::CorpusFile => dialog
+                            .add_filter("documents", &["json", "jsonl", "txt"])
+                            .pick_file(),
+                        DialogTarget::MinedExport => dialog
+                            .add_filter("JSON lines", &["jsonl"])
+                            .set_file_name("mined-negatives.jsonl")
+                            .save_file(),
                     })
                 });
                 match spawned {
@@ -269,7 +282,11 @@ impl App {
                         j.cancel();
                     }
                 }
+                JobKind::Mine => self.cancel_mining(),
             },
+            Command::StartMining => self.start_mining(),
+            Command::ExportMinedTo(path) => self.export_mined(path),
+            Command::RemoveCorpus(path) => self.settings.mining.corpus.retain(|p| p != &path),
             Command::ShowTab(tab) => self.tab = tab,
             Command::Inspect(i) => {
                 self.inspector.selected = Some(i);
@@ -436,6 +453,8 @@ impl App {
             } else {
                 Vec::new()
             },
+            max_negatives: t.max_negatives.max(1),
+            mini_batch: (t.mini_batch > 0).then_some(t.mini_batch),
             ..TrainConfig::default()
         };
         let source = ModelSource::parse(self.settings.model.trim());

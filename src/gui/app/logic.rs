@@ -196,6 +196,7 @@ impl App {
             }
         }
         self.poll_experiments();
+        self.poll_mining();
         if let Some(job) = &mut self.dialog_job {
             for ev in job.drain() {
                 if let JobEvent::Done(o) = ev {
@@ -213,6 +214,14 @@ impl App {
                         }
                         (Outcome::Finished(Ok(Some(path))), Some(DialogTarget::ExportFile(k))) => {
                             self.commands.push(Command::ExportTo(k, path));
+                        }
+                        (Outcome::Finished(Ok(Some(path))), Some(DialogTarget::CorpusFile)) => {
+                            if !self.settings.mining.corpus.contains(&path) {
+                                self.settings.mining.corpus.push(path);
+                            }
+                        }
+                        (Outcome::Finished(Ok(Some(path))), Some(DialogTarget::MinedExport)) => {
+                            self.commands.push(Command::ExportMinedTo(path));
                         }
                         (Outcome::Finished(Ok(None)), _) | (_, None) => {}
                         (Outcome::Finished(Err(e)), _) => {
@@ -258,11 +267,19 @@ impl App {
             ..Default::default()
         };
         self.experiments = Default::default();
+        self.mining.result = None;
+        self.mining_review = Default::default();
         self.refresh_output_dir();
         self.commands.push(Command::ScanRuns);
         self.tab = Tab::Data;
         if std::mem::take(&mut self.embed_on_load) {
             self.commands.push(Command::StartEmbed);
+        } else if let Some(tab) = self.start_tab.take() {
+            // Nothing to embed first: the start panel shows at once.
+            self.tab = tab;
+        }
+        if std::mem::take(&mut self.mine_on_load) {
+            self.commands.push(Command::StartMining);
         }
     }
 }

@@ -7,11 +7,13 @@ mod commands;
 mod exit;
 mod experiments;
 mod logic;
+mod mining;
 mod state;
 
 pub use commands::{bundled_sample, Command, FineTuneResult, TrainedModel};
 pub use exit::default_recovery_dir;
 pub use experiments::{Experiments, ExportKind, SplitMark};
+pub use mining::{Mining, MiningResult};
 pub use state::*;
 
 use std::collections::VecDeque;
@@ -74,6 +76,10 @@ pub struct App {
     pub experiments: Experiments,
     /// A fine-tune waits for the user to confirm replacing this folder (and why).
     pub confirm_replace: Option<(PathBuf, String)>,
+    /// Hard-negative mining: the job and its result.
+    pub mining: Mining,
+    /// The review of the mined negatives.
+    pub mining_review: MiningReview,
     /// The next free numbered output folder next to the data file.
     next_output_dir: Option<PathBuf>,
     load_job: Option<JobHandle<(), (Dataset, DataStats, TextSearch), DataError>>,
@@ -88,6 +94,7 @@ pub struct App {
     /// the fine-tuned model it embeds.
     embed_target: Option<PathBuf>,
     embed_on_load: bool,
+    mine_on_load: bool,
     after_first_embed: Vec<Command>,
     start_tab: Option<Tab>,
     pending_inspect: Option<usize>,
@@ -109,6 +116,7 @@ impl App {
         }
         let mut app = Self::with_settings(cc.egui_ctx.clone(), settings);
         app.embed_on_load = options.embed_on_start;
+        app.mine_on_load = options.mine_on_start;
         app.start_tab = options.tab;
         if let Some(dir) = options.compare_with {
             app.after_first_embed.push(Command::EmbedComparison(dir));
@@ -156,6 +164,8 @@ impl App {
             text_search: None,
             experiments: Experiments::default(),
             confirm_replace: None,
+            mining: Mining::default(),
+            mining_review: MiningReview::default(),
             next_output_dir: None,
             load_job: None,
             embed_job: None,
@@ -166,6 +176,7 @@ impl App {
             dialog_target: None,
             embed_target: None,
             embed_on_load: false,
+            mine_on_load: false,
             after_first_embed: Vec::new(),
             start_tab: None,
             pending_inspect: None,
@@ -179,12 +190,16 @@ impl App {
             JobKind::Load => self.load_job.is_some(),
             JobKind::Embed => self.embed_job.is_some(),
             JobKind::FineTune => self.train_job.is_some(),
+            JobKind::Mine => self.mining.running(),
         }
     }
 
     /// True while any job runs.
     pub fn is_busy(&self) -> bool {
-        self.load_job.is_some() || self.embed_job.is_some() || self.train_job.is_some()
+        self.load_job.is_some()
+            || self.embed_job.is_some()
+            || self.train_job.is_some()
+            || self.mining.running()
     }
 
     fn notify(&mut self, level: Level, text: impl Into<String>) {
@@ -251,6 +266,8 @@ pub struct Running {
     pub embed: bool,
     /// Fine-tuning (or saving a trained model) runs.
     pub fine_tune: bool,
+    /// Mining runs.
+    pub mine: bool,
 }
 
 /// What the panels read in one frame: the domain data and the jobs' state.
@@ -289,6 +306,8 @@ pub struct View<'a> {
     pub experiments: &'a Experiments,
     /// A fine-tune waits for the user to confirm replacing this folder (and why).
     pub confirm_replace: Option<&'a (PathBuf, String)>,
+    /// Hard-negative mining: the job and its result.
+    pub mining: &'a Mining,
 }
 
 impl View<'_> {
@@ -298,6 +317,7 @@ impl View<'_> {
             JobKind::Load => self.running.load,
             JobKind::Embed => self.running.embed,
             JobKind::FineTune => self.running.fine_tune,
+            JobKind::Mine => self.running.mine,
         }
     }
 }
@@ -310,6 +330,8 @@ pub struct PanelState<'a> {
     pub heatmap: &'a mut HeatmapState,
     /// Inspector filters and selection.
     pub inspector: &'a mut InspectorState,
+    /// The review of the mined negatives.
+    pub mining_review: &'a mut MiningReview,
 }
 
 /// Where panels push what the user asked for; handled after drawing.
@@ -330,6 +352,7 @@ impl App {
             load: self.load_job.is_some(),
             embed: self.embed_job.is_some(),
             fine_tune: self.train_job.is_some(),
+            mine: self.mining.running(),
         };
         let App {
             settings,
@@ -351,6 +374,8 @@ impl App {
             text_search,
             experiments,
             confirm_replace,
+            mining,
+            mining_review,
             ..
         } = self;
         (
@@ -372,11 +397,13 @@ impl App {
                 tab: *tab,
                 experiments,
                 confirm_replace: confirm_replace.as_ref(),
+                mining,
             },
             PanelState {
                 settings,
                 heatmap,
                 inspector,
+                mining_review,
             },
             Commands(commands),
         )

@@ -23,6 +23,8 @@ pub struct AppOptions {
     pub embed_on_start: bool,
     /// Start fine-tuning once the first embedding is done.
     pub fine_tune_on_start: bool,
+    /// Mine hard negatives once the file is loaded.
+    pub mine_on_start: bool,
     /// A fine-tuned model folder to compare with once the first embedding is done.
     pub compare_with: Option<PathBuf>,
     /// The panel to show first.
@@ -65,6 +67,10 @@ pub struct TrainSettings {
     pub out_dir: String,
     /// Train with MatryoshkaLoss over the model's width and 256, 128, 64, 32.
     pub matryoshka: bool,
+    /// Negatives per example (rows sharing a query and positive joined; mnrl).
+    pub max_negatives: usize,
+    /// GradCache mini-batch (texts), 0: off.
+    pub mini_batch: usize,
 }
 
 impl Default for TrainSettings {
@@ -78,6 +84,8 @@ impl Default for TrainSettings {
             val_split: d.val_split,
             out_dir: String::new(),
             matryoshka: false,
+            max_negatives: d.max_negatives,
+            mini_batch: 0,
         }
     }
 }
@@ -112,6 +120,97 @@ pub struct Settings {
     pub top_k: usize,
     /// The storage grid's dimensions and precisions.
     pub storage: StorageSettings,
+    /// Hard-negative mining.
+    pub mining: MiningSettings,
+}
+
+/// Hard-negative mining settings (sentence-transformers' names).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct MiningSettings {
+    /// Negatives per query.
+    pub num_negatives: usize,
+    /// Candidates skipped at the top.
+    pub range_min: usize,
+    /// Candidates considered.
+    pub range_max: usize,
+    /// Use the relative margin.
+    pub use_relative_margin: bool,
+    /// Relative margin.
+    pub relative_margin: f64,
+    /// Use the absolute margin.
+    pub use_absolute_margin: bool,
+    /// Absolute margin.
+    pub absolute_margin: f64,
+    /// Random sampling instead of the top candidates.
+    pub random: bool,
+    /// Extra corpus files.
+    pub corpus: Vec<PathBuf>,
+    /// Export the file's own rows along with the accepted mined ones.
+    pub export_with_file_rows: bool,
+}
+
+impl Default for MiningSettings {
+    fn default() -> Self {
+        Self {
+            num_negatives: 3,
+            range_min: 0,
+            range_max: 50,
+            use_relative_margin: true,
+            relative_margin: 0.05,
+            use_absolute_margin: false,
+            absolute_margin: 0.05,
+            random: false,
+            corpus: Vec::new(),
+            export_with_file_rows: true,
+        }
+    }
+}
+
+impl MiningSettings {
+    /// The core settings.
+    pub fn config(&self) -> crate::core::mining::MineConfig {
+        crate::core::mining::MineConfig {
+            range_min: self.range_min,
+            range_max: Some(self.range_max),
+            absolute_margin: self.use_absolute_margin.then_some(self.absolute_margin),
+            relative_margin: self.use_relative_margin.then_some(self.relative_margin),
+            num_negatives: self.num_negatives,
+            sampling: if self.random {
+                crate::core::mining::Sampling::Random
+            } else {
+                crate::core::mining::Sampling::Top
+            },
+            ..Default::default()
+        }
+    }
+}
+
+/// Which mined negatives the review table lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReviewFilter {
+    /// Every mined negative.
+    #[default]
+    All,
+    /// Those flagged as likely false negatives.
+    Flagged,
+    /// Those rejected.
+    Rejected,
+}
+
+/// The Mining panel's review: a decision per mined negative, the selection and the filter.
+#[derive(Debug, Clone, Default)]
+pub struct MiningReview {
+    /// `accepted[q][k]`: negative k of query q goes into the export.
+    pub accepted: Vec<Vec<bool>>,
+    /// The selected row of the table (an index into `rows`).
+    pub selected: usize,
+    /// Which negatives are listed.
+    pub filter: ReviewFilter,
+    /// The score above which "Reject above" rejects.
+    pub reject_above: f64,
+    /// The listed (query, negative) pairs and the filter they were listed for.
+    pub rows: Option<(ReviewFilter, Vec<(usize, usize)>)>,
 }
 
 /// What the storage grid measures.
@@ -155,6 +254,7 @@ impl Default for Settings {
             smoothing: 0.6,
             top_k: 5,
             storage: StorageSettings::default(),
+            mining: MiningSettings::default(),
         }
     }
 }
@@ -187,6 +287,8 @@ pub enum Tab {
     Metrics,
     /// Similarity heatmap.
     Heatmap,
+    /// Hard-negative mining and its review.
+    Mining,
     /// Fine-tuning and its curves.
     FineTune,
     /// Zero-shot vs fine-tuned.
@@ -199,10 +301,11 @@ pub enum Tab {
 
 impl Tab {
     /// Every tab in order.
-    pub const ALL: [Tab; 7] = [
+    pub const ALL: [Tab; 8] = [
         Tab::Data,
         Tab::Metrics,
         Tab::Heatmap,
+        Tab::Mining,
         Tab::FineTune,
         Tab::Compare,
         Tab::Storage,
@@ -214,6 +317,7 @@ impl Tab {
             Tab::Data => "Data",
             Tab::Metrics => "Metrics",
             Tab::Heatmap => "Heatmap",
+            Tab::Mining => "Mining",
             Tab::FineTune => "Fine-tune",
             Tab::Compare => "Compare",
             Tab::Storage => "Storage",
@@ -231,6 +335,8 @@ pub enum JobKind {
     Embed,
     /// Fine-tuning, saving and re-embedding.
     FineTune,
+    /// Mining hard negatives.
+    Mine,
 }
 
 /// What a file dialog is choosing.
@@ -244,6 +350,10 @@ pub enum DialogTarget {
     OutputFolder,
     /// Where to export the comparison.
     ExportFile(super::experiments::ExportKind),
+    /// An extra corpus file for mining.
+    CorpusFile,
+    /// Where to export the accepted mined rows.
+    MinedExport,
 }
 
 /// Severity of a notification.

@@ -99,6 +99,22 @@ fn settings(ui: &mut egui::Ui, app: &View, s: &mut Settings, cmds: &mut Commands
             ui.checkbox(&mut t.matryoshka, "MatryoshkaLoss over the width, 256, 128, 64, 32")
                 .on_hover_text("Trains truncated vectors too, so the Storage panel's smaller dimensions keep more of their quality");
             ui.end_row();
+            if t.loss == LossKind::Mnrl {
+                let l = ui.label("Negatives per example");
+                ui.add(egui::DragValue::new(&mut t.max_negatives).range(1..=16))
+                    .labelled_by(l.id)
+                    .on_hover_text("Rows sharing a query and positive (as the Mining panel exports them) are joined into one example with up to this many negatives, each a candidate for every query of the batch");
+                ui.end_row();
+                let l = ui.label("GradCache mini-batch");
+                ui.add(
+                    egui::DragValue::new(&mut t.mini_batch)
+                        .range(0..=256)
+                        .custom_formatter(|v, _| if v == 0.0 { "off".into() } else { format!("{v} texts") }),
+                )
+                .labelled_by(l.id)
+                .on_hover_text("CachedMultipleNegativesRankingLoss: embeds the batch this many texts at a time and replays each for its gradients, so batch sizes of 64-256 fit in memory (same result, about a third more compute)");
+                ui.end_row();
+            }
             let l = ui.label("Validation share of queries");
             ui.add(egui::Slider::new(&mut t.val_split, 0.05..=0.5))
                 .labelled_by(l.id);

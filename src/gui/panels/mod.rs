@@ -7,6 +7,7 @@ mod finetune;
 mod heatmap;
 mod inspect;
 mod metrics;
+mod mining;
 mod model;
 mod storage;
 
@@ -35,6 +36,7 @@ pub fn draw(app: &mut App, ui: &mut egui::Ui) {
         Tab::Data => data::show(ui, &view, cmds),
         Tab::Metrics => metrics::show(ui, &view, &mut state.settings.top_k, cmds),
         Tab::Heatmap => heatmap::show(ui, &view, state.heatmap, cmds),
+        Tab::Mining => mining::show(ui, &view, state.settings, state.mining_review, cmds),
         Tab::FineTune => finetune::show(ui, &view, state.settings, cmds),
         Tab::Compare => compare::show(ui, &view, state.heatmap, cmds),
         Tab::Storage => storage::show(ui, &view, state.settings, cmds),
@@ -101,7 +103,7 @@ fn status_bar(ui: &mut egui::Ui, app: &View, cmds: &mut Commands) {
             "UI frame {mean:.1} ms mean, {max:.1} ms max (last {} frames)",
             app.frame_ms.len()
         ));
-        if app.running.load || app.running.embed || app.running.fine_tune {
+        if app.running.load || app.running.embed || app.running.fine_tune || app.running.mine {
             ui.spinner();
         }
     });
