@@ -44,7 +44,35 @@ fn eval_prints_metrics_writes_json_and_reuses_the_cache() {
     }
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(report["per_triplet"].as_array().unwrap().len(), 40);
-    assert!(report["metrics"]["cosine_ndcg@10"].as_f64().unwrap() > 0.0);
+    // The same numbers as core's evaluation of the same model and triplets (to the last digits
+    // JSON text keeps: serde_json may read a printed f64 back one ulp off).
+    let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() <= 1e-12);
+    let expected = crate::common::quiet(|ctx| {
+        tripletlab::core::pipeline::evaluate_model(
+            &tripletlab::core::model::ModelSource::Dir(model.path().to_path_buf()),
+            &Default::default(),
+            &dev_triplets(40),
+            None,
+            ctx,
+        )
+    })
+    .unwrap();
+    for (key, want) in &expected.result.metrics {
+        assert!(close(report["metrics"][key].as_f64(), *want), "{key}");
+        assert!(
+            stdout.contains(&format!("{want:.4}")),
+            "the table does not print {key} = {want:.4}"
+        );
+    }
+    for (row, want) in report["per_triplet"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&expected.result.per_triplet)
+    {
+        assert!(close(row["cos_pos"].as_f64(), want.cos_pos));
+        assert_eq!(row["rank_pos"].as_u64(), Some(want.rank_pos as u64));
+    }
     for k in [
         "model",
         "weights_hash",
@@ -97,6 +125,32 @@ fn embed_writes_npy_rows_queries_then_positives_then_negatives() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let m = tripletlab::core::report::read_npy_f32(&npy).unwrap();
     assert_eq!((m.rows(), m.dim), (15, 32));
+    // Row r is the vector of: query r (0-4), positive r-5 (5-9), negative r-10 (10-14).
+    let enc = crate::common::encoder(model.path(), &Default::default());
+    let emb = crate::common::quiet(|ctx| {
+        tripletlab::core::encoder::embed_triplets(&enc, &dev_triplets(5), None, ctx)
+    })
+    .unwrap();
+    for (block, want) in [&emb.queries, &emb.positives, &emb.negatives]
+        .iter()
+        .enumerate()
+    {
+        for i in 0..5 {
+            let got = m.row(block * 5 + i);
+            let d = got
+                .iter()
+                .zip(want.row(i))
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                d < 1e-6,
+                "row {} is not text {i} of block {block}",
+                block * 5 + i
+            );
+        }
+    }
+    // The three blocks differ (a shape-only check would pass with any order).
+    assert!(m.row(0) != m.row(5) && m.row(5) != m.row(10));
     assert!(
         !work.path().join("cache").exists(),
         "--no-cache wrote the cache"

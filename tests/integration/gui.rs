@@ -8,7 +8,7 @@ use eframe::egui;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 use tripletlab::core::model::tiny::TinySpec;
-use tripletlab::gui::plots::{colormap, heatmap_image};
+use tripletlab::gui::plots::colormap;
 use tripletlab::gui::{App, AppOptions, Command, Tab};
 
 use crate::common::{dev_triplets, tiny_model};
@@ -47,6 +47,38 @@ fn harness(f: &Fixture) -> Harness<'static, App> {
         .build_eframe(move |cc| App::new(cc, options));
     h.state_mut().settings.use_cache = false;
     h
+}
+
+/// A test renderer that keeps every texture the app uploads, to check what a panel drew.
+#[derive(Clone, Default)]
+struct Uploads(std::sync::Arc<std::sync::Mutex<Vec<egui::ColorImage>>>);
+
+impl egui_kittest::TestRenderer for Uploads {
+    fn handle_delta(&mut self, delta: &mut egui::TexturesDelta) {
+        for deltas in std::mem::take(&mut delta.set).into_values() {
+            for d in deltas {
+                let egui::ImageData::Color(img) = d.image;
+                self.0.lock().unwrap().push((*img).clone());
+            }
+        }
+    }
+}
+
+/// The app on the fixture, keeping the textures it uploads.
+fn harness_with_uploads(f: &Fixture) -> (Harness<'static, App>, Uploads) {
+    let options = AppOptions {
+        data: Some(f.data.clone()),
+        model: Some(f.model.display().to_string()),
+        recovery_dir: Some(f.work.path().join("recovered")),
+        ..Default::default()
+    };
+    let uploads = Uploads::default();
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1400.0, 900.0))
+        .renderer(uploads.clone())
+        .build_eframe(move |cc| App::new(cc, options));
+    h.state_mut().settings.use_cache = false;
+    (h, uploads)
 }
 
 /// Steps frames until `done` holds (or fails after a minute).
@@ -88,6 +120,9 @@ fn embed_fills_the_metrics_table_with_the_core_values() {
     assert_eq!(got, &expected.result.metrics);
     h.step();
     assert!(h.query_by_label("share of triplets ranked right").is_some());
+    h.get_by_label("K = 10").click();
+    h.step();
+    assert_eq!(h.state().settings.top_k, 10, "the K selector");
     for key in ["cosine_accuracy", "cosine_ndcg@10", "neg_in_top_5"] {
         let text = format!("{:.4}", expected.result.metrics[key]);
         assert!(
@@ -102,16 +137,29 @@ fn fine_tune_streams_loss_points_stop_works_and_compare_shows_deltas_and_flips()
     let f = fixture(40);
     let mut h = loaded_and_embedded(&f);
     let out = f.work.path().join("ft-model");
-    {
-        let s = &mut h.state_mut().settings.train;
-        s.epochs = 200;
-        s.batch_size = 4;
-        s.lr = 1e-3;
-        s.out_dir = out.display().to_string();
-    }
     h.get_by_label("Fine-tune").click();
     h.step();
     h.step();
+    // The form, as a user (or a screen reader) sets it.
+    h.get_by_label("Epochs").set_value_accesskit(100.0);
+    h.get_by_label("Training batch size")
+        .set_value_accesskit(4.0);
+    h.get_by_label("Learning rate").set_value_accesskit(1e-3);
+    h.step();
+    h.get_by_label("Save to").click();
+    h.step();
+    h.get_by_label("Save to")
+        .type_text(&out.display().to_string());
+    h.step();
+    {
+        let t = &h.state().settings.train;
+        assert_eq!(
+            (t.epochs, t.batch_size, t.lr),
+            (100, 4, 1e-3),
+            "the form did not take"
+        );
+        assert_eq!(t.out_dir, out.display().to_string());
+    }
     h.get_by_label("Start fine-tuning").click();
     step_until(&mut h, "the first loss points", |a| {
         a.train_log.steps.len() >= 3
@@ -179,9 +227,45 @@ fn fine_tune_streams_loss_points_stop_works_and_compare_shows_deltas_and_flips()
         h.query_all_by_label(&text).next().is_some(),
         "no difference {text}"
     );
-    for flip in ["fixed", "broken", "still wrong", "still right"] {
-        assert!(h.query_by_label(flip).is_some(), "no {flip} row");
+    let finished = h.state().train_log.finished.clone().unwrap();
+    if finished.contains("unchanged base model (step 0)") {
+        // The kept model is the base model: every difference is exactly zero, and it says so.
+        assert_eq!((delta.delta, delta.ci95), (0.0, [0.0, 0.0]), "{finished}");
+    } else {
+        assert!(
+            finished.contains("saved the best checkpoint (step"),
+            "{finished}"
+        );
     }
+    // The flip counts shown are core's on the measured triplets, and each opens its triplets.
+    let counts = {
+        let c = h.state().experiments.comparison.clone().unwrap();
+        tripletlab::core::metrics::flip_counts(&c.a.per_triplet, &c.b.per_triplet)
+    };
+    assert_eq!(counts.iter().sum::<usize>(), n_held);
+    for (flip, n) in tripletlab::core::metrics::Flip::ALL.iter().zip(counts) {
+        assert!(
+            h.query_by_label(&format!("Show the {n} {}", flip.label()))
+                .is_some(),
+            "no row {} = {n}",
+            flip.label()
+        );
+    }
+    let (flip, n) = tripletlab::core::metrics::Flip::ALL
+        .iter()
+        .zip(counts)
+        .find(|(_, n)| *n > 0)
+        .unwrap();
+    h.get_by_label(&format!("Show the {n} {}", flip.label()))
+        .click();
+    for _ in 0..3 {
+        h.step();
+    }
+    assert_eq!(h.state().tab, Tab::Inspect);
+    assert_eq!(h.state().inspector.flip, Some(*flip));
+    h.get_by_label("Compare").click();
+    h.step();
+    h.step();
     // All triplets on request.
     h.get_by_label("all triplets").click();
     step_until(&mut h, "the comparison on all rows", |a| {
@@ -203,10 +287,13 @@ fn inspector_lists_a_misranked_triplet_and_what_outranks_it() {
             .expect("a mis-ranked triplet");
         (i, r.per_triplet[i].rank_pos)
     };
-    h.state_mut().inspector.wrong_only = true;
-    h.state_mut().commands.push(Command::ShowTab(Tab::Inspect));
+    h.get_by_label("Inspect").click();
     h.step();
     h.step();
+    h.get_by_label("Wrong only").click();
+    h.step();
+    h.step();
+    assert!(h.state().inspector.wrong_only);
     h.get_by_label(&format!("wrong #{wrong}")).click();
     h.step();
     h.step();
@@ -228,10 +315,15 @@ fn inspector_lists_a_misranked_triplet_and_what_outranks_it() {
 #[test]
 fn heatmap_colours_match_the_values_and_only_the_window_is_computed() {
     let f = fixture(60);
-    let mut h = loaded_and_embedded(&f);
-    h.state_mut().commands.push(Command::ShowTab(Tab::Heatmap));
-    h.step();
-    h.step();
+    let (mut h, uploads) = harness_with_uploads(&f);
+    step_until(&mut h, "the file to load", |a| a.dataset.is_some());
+    h.get_by_label("Embed").click();
+    step_until(&mut h, "embedding", |a| a.zero_shot.is_some());
+    h.get_by_label("Heatmap").click();
+    for _ in 0..3 {
+        h.step();
+    }
+    assert_eq!(h.state().tab, Tab::Heatmap);
     assert_eq!(h.state().heatmap.windows_computed, 1);
     let entry = h.state().heatmap.cache.last().unwrap();
     assert_eq!((entry.rows, entry.cols), (50, 50));
@@ -241,12 +333,54 @@ fn heatmap_colours_match_the_values_and_only_the_window_is_computed() {
     let cos = |a: &[f32], b: &[f32]| crate::common::cosine(a, b) as f32;
     assert!((entry.values[1] - cos(d.positives.row(0), d.negatives.row(0))).abs() < 1e-5);
     assert!((entry.values[50 * 3 + 2] - cos(d.negatives.row(1), d.positives.row(1))).abs() < 1e-5);
+    // What the panel drew: the texture it uploaded, cell by cell, is the colour map of the values.
+    let uploaded = uploads.0.lock().unwrap().clone();
+    let drawn = uploaded
+        .iter()
+        .rfind(|img| img.size == [50, 50])
+        .expect("the panel uploaded no 50 x 50 texture");
     let (lo, hi) = entry.scale;
-    let image = heatmap_image(&entry.values, 50, 50, lo, hi);
-    for (k, v) in entry.values.iter().enumerate().step_by(37) {
-        assert_eq!(image.pixels[k], colormap((v - lo) / (hi - lo)), "cell {k}");
+    for (k, v) in entry.values.iter().enumerate() {
+        assert_eq!(drawn.pixels[k], colormap((v - lo) / (hi - lo)), "cell {k}");
     }
+    // Hovering a cell shows its value; clicking it opens the row's triplet in the inspector.
+    let rect = h
+        .get_by_label("Heatmap window: rows 0 to 49, columns 0 to 49")
+        .rect();
+    let cell = rect.width() / 50.0;
+    let (r, c) = (7usize, 12usize);
+    let at = rect.min + egui::vec2((c as f32 + 0.5) * cell, (r as f32 + 0.5) * cell);
+    // Tooltips wait for the pointer to rest (in the input's clock, which the harness fixes).
+    h.ctx.all_styles_mut(|s| s.interaction.tooltip_delay = 0.0);
+    h.hover_at(at);
+    h.step();
+    h.step();
+    let value = h.state().heatmap.cache.last().unwrap().values[r * 50 + c];
+    assert!(
+        h.query_by_label(&format!("cosine {value:.4}")).is_some(),
+        "no read-out of cell ({r}, {c}) = {value:.4}"
+    );
+    h.event(egui::Event::PointerButton {
+        pos: at,
+        button: egui::PointerButton::Primary,
+        pressed: true,
+        modifiers: egui::Modifiers::NONE,
+    });
+    h.event(egui::Event::PointerButton {
+        pos: at,
+        button: egui::PointerButton::Primary,
+        pressed: false,
+        modifiers: egui::Modifiers::NONE,
+    });
+    for _ in 0..3 {
+        h.step();
+    }
+    // Row 7 of the documents window is neg3 (pos0, neg0, pos1, neg1, ...): triplet 3.
+    assert_eq!(h.state().tab, Tab::Inspect);
+    assert_eq!(h.state().inspector.selected, Some(r / 2));
     // Moving the window computes that window only, once.
+    h.get_by_label("Heatmap").click();
+    h.step();
     h.state_mut().heatmap.row0 = 50;
     for _ in 0..5 {
         h.step();
@@ -324,7 +458,7 @@ fn fine_tune_into_an_unwritable_folder(h: &mut Harness<'static, App>, f: &Fixtur
         s.batch_size = 8;
         s.out_dir = blocker.join("model").display().to_string();
     }
-    h.state_mut().commands.push(Command::ShowTab(Tab::FineTune));
+    h.get_by_label("Fine-tune").click();
     h.step();
     h.step();
     h.get_by_label("Start fine-tuning").click();
@@ -370,7 +504,7 @@ fn closing_the_window_during_fine_tuning_saves_the_best_weights() {
         s.lr = 1e-3;
         s.out_dir = out.display().to_string();
     }
-    h.state_mut().commands.push(Command::ShowTab(Tab::FineTune));
+    h.get_by_label("Fine-tune").click();
     h.step();
     h.step();
     h.get_by_label("Start fine-tuning").click();
@@ -441,7 +575,7 @@ fn fine_tuning_proposes_a_fresh_folder_and_asks_before_replacing_one() {
     std::fs::write(proposed.join("keep.txt"), "earlier work").unwrap();
     // A folder that holds something is never replaced without asking.
     h.state_mut().settings.train.out_dir = proposed.display().to_string();
-    h.state_mut().commands.push(Command::ShowTab(Tab::FineTune));
+    h.get_by_label("Fine-tune").click();
     h.step();
     h.step();
     h.get_by_label("Start fine-tuning").click();
@@ -541,7 +675,7 @@ fn the_storage_panel_computes_the_grid_with_retained_shares() {
     let f = fixture(60);
     let mut h = loaded_and_embedded(&f);
     h.state_mut().settings.storage.dims = "32,16,8".into();
-    h.state_mut().commands.push(Command::ShowTab(Tab::Storage));
+    h.get_by_label("Storage").click();
     h.step();
     h.step();
     h.get_by_label("Compute grid").click();

@@ -15,5 +15,6 @@ mod processes;
 mod real_model;
 mod remote;
 mod st_formats;
+mod st_load;
 mod tiny_encoder;
 mod training;

@@ -89,16 +89,27 @@ fn wrong_shapes_architecture_and_pooling() {
 
 #[test]
 fn hub_id_without_network_or_cache_says_how_to_use_a_folder() {
-    let cache = tempfile::tempdir().unwrap();
-    // An empty HF cache and an endpoint nobody listens on: the hub cannot be reached.
-    std::env::set_var("HF_HOME", cache.path());
-    std::env::set_var("HF_ENDPOINT", "http://127.0.0.1:9");
-    let r = Encoder::load(
-        &ModelSource::Hub("intfloat/e5-small-v2".into()),
-        &EncoderOptions::default(),
-        &mut |_| {},
-    );
-    let msg = r.err().unwrap().to_string();
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("t.json");
+    std::fs::write(
+        &data,
+        serde_json::to_string(&crate::common::dev_triplets(3)).unwrap(),
+    )
+    .unwrap();
+    // An empty HF cache and an endpoint nobody listens on: the hub cannot be reached. In a child
+    // process, so the variables never leak into the other tests' threads.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tripletlab"))
+        .args(["eval", "--model", "intfloat/e5-small-v2", "--data"])
+        .arg(&data)
+        .env("HF_HOME", work.path().join("hf"))
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HF_HUB_OFFLINE")
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("TRIPLETLAB_CACHE_DIR", work.path().join("cache"))
+        .output()
+        .unwrap();
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
     assert!(
         msg.contains("intfloat/e5-small-v2") && msg.contains("local model folder"),
         "{msg}"

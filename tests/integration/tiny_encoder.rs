@@ -319,3 +319,88 @@ fn two_writers_on_one_cache_lose_nothing() {
     assert_eq!(enc.forward_batches(), before);
     assert!(all.cache_warnings.is_empty(), "{:?}", all.cache_warnings);
 }
+
+#[test]
+fn the_cache_key_changes_with_every_setting_that_changes_a_vector() {
+    let opts = |max: usize| EncoderOptions {
+        max_seq_len: Some(max),
+        prompts: PromptChoice::None,
+        ..Default::default()
+    };
+    let base_model = tiny_model(&TinySpec::default());
+    let key =
+        |dir: &std::path::Path, o: &EncoderOptions, role: Role| encoder(dir, o).settings_key(role);
+    let base = key(base_model.path(), &opts(32), Role::Query);
+    assert_eq!(
+        base,
+        key(base_model.path(), &opts(32), Role::Query),
+        "stable"
+    );
+    assert_eq!(
+        base,
+        key(base_model.path(), &opts(32), Role::Document),
+        "no prompts: one key for both roles"
+    );
+    let other_weights = tiny_model(&TinySpec {
+        seed: 8,
+        ..TinySpec::default()
+    });
+    let cls = tiny_model(&TinySpec {
+        pooling: "cls".into(),
+        ..TinySpec::default()
+    });
+    let unnormalised = tiny_model(&TinySpec {
+        normalize: false,
+        ..TinySpec::default()
+    });
+    let prompted = EncoderOptions {
+        prompts: PromptChoice::Custom {
+            query: "query: ".into(),
+            document: "passage: ".into(),
+        },
+        ..opts(32)
+    };
+    let truncated = EncoderOptions {
+        truncate_dim: Some(16),
+        ..opts(32)
+    };
+    let variants = [
+        ("weights", key(other_weights.path(), &opts(32), Role::Query)),
+        ("pooling", key(cls.path(), &opts(32), Role::Query)),
+        (
+            "normalize",
+            key(unnormalised.path(), &opts(32), Role::Query),
+        ),
+        (
+            "query prompt",
+            key(base_model.path(), &prompted, Role::Query),
+        ),
+        (
+            "document prompt",
+            key(base_model.path(), &prompted, Role::Document),
+        ),
+        ("max length", key(base_model.path(), &opts(16), Role::Query)),
+        (
+            "truncate_dim",
+            key(base_model.path(), &truncated, Role::Query),
+        ),
+    ];
+    for (i, (name, k)) in variants.iter().enumerate() {
+        assert_ne!(*k, base, "{name} does not change the key");
+        for (other, k2) in &variants[i + 1..] {
+            assert_ne!(k, k2, "{name} and {other} give one key");
+        }
+    }
+    // And through the cache: a vector stored with one setting is not served for another.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = EmbeddingCache::new(dir.path());
+    let triplets = dev_triplets(4);
+    let run = |o: &EncoderOptions| {
+        quiet(|ctx| embed_triplets(&encoder(base_model.path(), o), &triplets, Some(&cache), ctx))
+            .unwrap()
+    };
+    assert!(run(&opts(32)).computed > 0);
+    assert_eq!(run(&opts(32)).computed, 0, "served from the cache");
+    assert!(run(&truncated).computed > 0, "truncated vectors recomputed");
+    assert!(run(&opts(16)).computed > 0, "shorter texts recomputed");
+}

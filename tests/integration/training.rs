@@ -538,3 +538,73 @@ fn a_saved_folder_gains_the_config_keys_text_embeddings_inference_requires() {
         (Some("bert"), v["vocab_size"].clone())
     );
 }
+
+#[test]
+fn the_best_checkpoint_is_the_best_validation_and_its_weights_reproduce_it() {
+    let dir = tiny_model(&TinySpec::default());
+    let (folder, ck) = open(dir.path());
+    let all = crate::common::dev_triplets(80);
+    let (val, data) = all.split_at(20);
+    let cfg = TrainConfig {
+        epochs: 3,
+        lr: 3e-3,
+        eval_steps: Some(1),
+        ..config(LossKind::Mnrl)
+    };
+    let out = run(&folder, &ck, data, val, &cfg);
+    assert_eq!(out.stop, StopReason::Completed);
+    let ndcg: Vec<f64> = out
+        .evals
+        .iter()
+        .map(|e| e.metrics[train::BEST_METRIC])
+        .collect();
+    assert_eq!(
+        out.evals.len(),
+        out.total_steps + 1,
+        "validated before and after every step"
+    );
+    // The first of the highest validation scores, neither the zero-shot one nor the last here.
+    let best = (0..ndcg.len()).fold(0, |b, i| if ndcg[i] > ndcg[b] { i } else { b });
+    assert_eq!(out.best_step, out.evals[best].step, "{ndcg:?}");
+    assert!(
+        best != 0 && best != ndcg.len() - 1,
+        "this run's best is at an end ({best} of {}): the test would not tell a last-step or \
+         never-updated choice apart: {ndcg:?}",
+        ndcg.len()
+    );
+    // Gradient clipping at 1.0 was active on some steps (their norms are recorded unclipped).
+    assert!(
+        out.steps.iter().any(|s| s.grad_norm > cfg.max_grad_norm),
+        "clipping never acted: {:?}",
+        out.steps.iter().map(|s| s.grad_norm).collect::<Vec<_>>()
+    );
+    // The kept weights, saved and evaluated as validation evaluates, give the best step's metrics.
+    let work = tempfile::tempdir().unwrap();
+    let saved = work.path().join("best");
+    save_model_folder(
+        &saved,
+        &folder,
+        &ck,
+        &out.best_weights,
+        &settings(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let opts = EncoderOptions {
+        max_seq_len: Some(folder.max_seq_len(None)),
+        batch_size: cfg.eval_batch_size,
+        prompts: PromptChoice::None,
+        truncate_dim: None,
+    };
+    let again = crate::common::quiet(|ctx| {
+        tripletlab::core::pipeline::evaluate_model(
+            &tripletlab::core::model::ModelSource::Dir(saved.clone()),
+            &opts,
+            val,
+            None,
+            ctx,
+        )
+    })
+    .unwrap();
+    assert_eq!(again.result.metrics, out.evals[best].metrics);
+}

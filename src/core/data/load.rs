@@ -538,6 +538,24 @@ mod tests {
                 .expect("loading a FIFO blocked");
             assert!(msg.contains("FIFO") && msg.contains("pipe.jsonl"), "{msg}");
         }
+        // A (sparse) file one byte over the public 1 GiB limit: refused by load_triplets itself,
+        // before reading (a read would take seconds and a GiB of memory).
+        let huge = dir.path().join("huge.jsonl");
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(MAX_FILE_BYTES + 1)
+            .unwrap();
+        let start = std::time::Instant::now();
+        let err = load_triplets(&huge).unwrap_err();
+        assert!(
+            matches!(err, DataError::TooLarge { limit_bytes, .. } if limit_bytes == MAX_FILE_BYTES),
+            "{err}"
+        );
+        assert!(err.to_string().contains("huge.jsonl"), "{err}");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(1),
+            "it was read"
+        );
         let big = dir.path().join("big.jsonl");
         std::fs::write(&big, "x".repeat(100)).unwrap();
         let err = read_unchanged(&big, 50, &mut || {}).unwrap_err();

@@ -172,4 +172,56 @@ mod tests {
             assert!(diff <= 1e-6, "step {step}: differs by {diff}");
         }
     }
+
+    #[test]
+    fn a_gradient_scale_is_applied_before_the_moments() {
+        // Clipping hands the optimizer the factor instead of scaled gradients: stepping with
+        // (g, s) must equal stepping with (s·g, 1), at every step (AdamW is nearly but not quite
+        // scale-invariant: eps and the first steps' bias correction see the scale).
+        let init = Tensor::randn(0f32, 1.0, (19, 3), &Device::Cpu).unwrap();
+        let params = AdamWParams {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-3,
+            weight_decay: 0.01,
+        };
+        let (a, b, c) = (
+            Var::from_tensor(&init).unwrap(),
+            Var::from_tensor(&init).unwrap(),
+            Var::from_tensor(&init).unwrap(),
+        );
+        let mut with_factor = AdamW::new(vec![a.clone()], params);
+        let mut pre_scaled = AdamW::new(vec![b.clone()], params);
+        let mut unscaled = AdamW::new(vec![c.clone()], params);
+        for step in 0..4 {
+            let g: Vec<f32> = (0..57)
+                .map(|i| ((i * 7 + step) % 11) as f32 - 5.0)
+                .collect();
+            let scale = 0.05 + 0.1 * step as f64;
+            with_factor.step(std::slice::from_ref(&g), scale).unwrap();
+            let scaled: Vec<f32> = g.iter().map(|x| x * scale as f32).collect();
+            pre_scaled.step(&[scaled], 1.0).unwrap();
+            unscaled.step(&[g], 1.0).unwrap();
+        }
+        let flat = |v: &Var| {
+            v.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let worst = flat(&a)
+            .iter()
+            .zip(flat(&b))
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= 1e-6, "factor vs pre-scaled gradients: {worst}");
+        let moved = flat(&a)
+            .iter()
+            .zip(flat(&c))
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(moved > 1e-4, "the scale made no difference ({moved})");
+    }
 }

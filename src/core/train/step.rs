@@ -386,6 +386,24 @@ mod tests {
     }
 
     #[test]
+    fn clipping_scales_the_global_norm_down_to_the_maximum() {
+        let grads = vec![vec![3.0f32, 0.0], vec![4.0]];
+        let (norm, scale) = clip_gradients(&grads, 1.0);
+        assert!((norm - 5.0).abs() < 1e-12);
+        assert!(
+            (scale - 1.0 / (5.0 + 1e-6)).abs() < 1e-12,
+            "torch's max_norm / (norm + 1e-6)"
+        );
+        assert_eq!(
+            clip_gradients(&grads, 10.0).1,
+            1.0,
+            "under the maximum: unchanged"
+        );
+        let (nan_norm, nan_scale) = clip_gradients(&[vec![f32::NAN]], 1.0);
+        assert!(nan_norm.is_nan() && nan_scale == 1.0);
+    }
+
+    #[test]
     fn rows_of_one_query_and_positive_become_one_example() {
         let rows = [
             t("q", "p", "a"),
@@ -430,12 +448,9 @@ mod tests {
         }
     }
 
-    /// The gradients of one mnrl step with several negatives per anchor, plain and through
-    /// GradCache with mini-batches of `mini` texts.
-    fn step_gradients(
-        dropout: f64,
-        mini: Option<usize>,
-    ) -> Result<(f64, Vec<Vec<f32>>), TrainError> {
+    /// A tiny model (dropout `dropout`), an encoder over its trainable weights, and a batch of
+    /// four anchors with seven negatives among them.
+    fn setup(dropout: f64) -> (Trainable, Encoder, TextBatch<'static>) {
         let dir = tempfile::tempdir().unwrap();
         write_tiny_bert(dir.path(), &TinySpec::default()).unwrap();
         let mut folder = ModelFolder::open(dir.path(), "tiny").unwrap();
@@ -443,8 +458,7 @@ mod tests {
         folder.config.attention_probs_dropout_prob = dropout;
         let ck = Checkpoint::read(&folder).unwrap();
         let weights = Trainable::new(&folder, &ck).unwrap();
-        let model = weights.model();
-        let backend: Arc<dyn EmbedBackend> = model.clone();
+        let backend: Arc<dyn EmbedBackend> = weights.model();
         let opts = EncoderOptions {
             max_seq_len: Some(32),
             prompts: PromptChoice::None,
@@ -475,22 +489,92 @@ mod tests {
             ],
             labels: Vec::new(),
         };
-        let cfg = TrainConfig {
-            mini_batch: mini,
-            ..TrainConfig::default()
-        };
+        (weights, enc, batch)
+    }
+
+    /// The loss and gradients of one real training step (forward_backward).
+    fn real_step(
+        weights: &Trainable,
+        enc: &Encoder,
+        batch: &TextBatch,
+        cfg: &TrainConfig,
+    ) -> Result<(f64, Vec<Vec<f32>>), TrainError> {
+        let model = weights.model();
         let mut grads = model.new_gradients();
         let mut tapes = Default::default();
         let r = forward_backward(
             model.as_ref(),
-            &enc,
-            &batch,
-            &cfg,
+            enc,
+            batch,
+            cfg,
             &mut SeededDropout::from_seed(3),
             &mut tapes,
             &mut grads,
         )?;
         Ok((r.loss, grads.t))
+    }
+
+    /// The gradients of one mnrl step with several negatives per anchor, plain and through
+    /// GradCache with mini-batches of `mini` texts.
+    fn step_gradients(
+        dropout: f64,
+        mini: Option<usize>,
+    ) -> Result<(f64, Vec<Vec<f32>>), TrainError> {
+        let (weights, enc, batch) = setup(dropout);
+        let cfg = TrainConfig {
+            mini_batch: mini,
+            ..TrainConfig::default()
+        };
+        real_step(&weights, &enc, &batch, &cfg)
+    }
+
+    #[test]
+    fn the_real_step_gradients_match_finite_differences() {
+        use candle_core::{Device, Tensor};
+        let (weights, enc, batch) = setup(0.0);
+        for cfg in [
+            TrainConfig::default(),
+            TrainConfig {
+                matryoshka_dims: vec![32, 16, 8],
+                ..TrainConfig::default()
+            },
+        ] {
+            let (_, grads) = real_step(&weights, &enc, &batch, &cfg).unwrap();
+            let vars = weights.vars();
+            for (name, idx) in [
+                ("encoder.layer.0.attention.self.key.weight", 9usize),
+                ("encoder.layer.1.intermediate.dense.bias", 4),
+                ("embeddings.word_embeddings.weight", 32 * 20 + 3),
+                ("encoder.layer.1.output.LayerNorm.weight", 2),
+            ] {
+                let at = vars.iter().position(|(n, _)| n == name).unwrap();
+                let v = &vars[at].1;
+                let analytic = f64::from(grads[at][idx]);
+                let original = v
+                    .as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let shape = v.as_tensor().shape().clone();
+                let loss_at = |delta: f32| -> f64 {
+                    let mut w = original.clone();
+                    w[idx] += delta;
+                    v.set(&Tensor::from_vec(w, shape.clone(), &Device::Cpu).unwrap())
+                        .unwrap();
+                    real_step(&weights, &enc, &batch, &cfg).unwrap().0
+                };
+                let h = 1e-2f32;
+                let numeric = (loss_at(h) - loss_at(-h)) / (2.0 * f64::from(h));
+                v.set(&Tensor::from_vec(original, shape, &Device::Cpu).unwrap())
+                    .unwrap();
+                assert!(
+                    (numeric - analytic).abs() <= 2e-2 * numeric.abs().max(0.05),
+                    "{name}[{idx}] (Matryoshka {:?}): analytic {analytic} vs numeric {numeric}",
+                    cfg.matryoshka_dims
+                );
+            }
+        }
     }
 
     #[test]

@@ -159,7 +159,10 @@ pub fn show(ui: &mut egui::Ui, app: &View, h: &mut HeatmapState, cmds: &mut Comm
                         ui.label(f.label());
                         ui.label(n.to_string());
                         if ui
-                            .add_enabled(n > 0, egui::Button::new(format!("Show {}", f.label())))
+                            .add_enabled(
+                                n > 0,
+                                egui::Button::new(format!("Show the {n} {}", f.label())),
+                            )
                             .clicked()
                         {
                             cmds.push(Command::InspectFlips(*f));

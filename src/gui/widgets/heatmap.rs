@@ -109,7 +109,15 @@ pub(crate) fn draw_window(
     let texture = entry.texture.as_ref().expect("just loaded");
     let cell = side_px / WINDOW as f32;
     let size = Vec2::new(cell * entry.cols as f32, cell * entry.rows as f32);
-    let response = ui.add(egui::Image::new((texture.id(), size)).sense(Sense::click()));
+    let response = ui.add(
+        egui::Image::new((texture.id(), size))
+            .alt_text(format!(
+                "Heatmap window: rows {row0} to {}, columns {col0} to {}",
+                row0 + entry.rows.saturating_sub(1),
+                col0 + entry.cols.saturating_sub(1)
+            ))
+            .sense(Sense::click()),
+    );
     let pos = response.hover_pos()?;
     let local = pos - response.rect.min;
     let (r, c) = ((local.y / cell) as usize, (local.x / cell) as usize);
