@@ -13,14 +13,14 @@ use tripletlab::gui::{App, AppOptions, Command, Tab};
 
 use crate::common::{dev_triplets, tiny_model};
 
-struct Fixture {
+pub(crate) struct Fixture {
     _model: tempfile::TempDir,
-    model: PathBuf,
-    work: tempfile::TempDir,
-    data: PathBuf,
+    pub(crate) model: PathBuf,
+    pub(crate) work: tempfile::TempDir,
+    pub(crate) data: PathBuf,
 }
 
-fn fixture(n: usize) -> Fixture {
+pub(crate) fn fixture(n: usize) -> Fixture {
     let model = tiny_model(&TinySpec::default());
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("triplets.json");
@@ -82,7 +82,7 @@ fn harness_with_uploads(f: &Fixture) -> (Harness<'static, App>, Uploads) {
 }
 
 /// Steps frames until `done` holds (or fails after a minute).
-fn step_until(h: &mut Harness<'static, App>, what: &str, done: impl Fn(&App) -> bool) {
+pub(crate) fn step_until(h: &mut Harness<'static, App>, what: &str, done: impl Fn(&App) -> bool) {
     let start = Instant::now();
     while !done(h.state()) {
         assert!(
@@ -294,7 +294,8 @@ fn inspector_lists_a_misranked_triplet_and_what_outranks_it() {
     h.step();
     h.step();
     assert!(h.state().inspector.wrong_only);
-    h.get_by_label(&format!("wrong #{wrong}")).click();
+    h.get_by_label_contains(&format!("wrong #{wrong} |"))
+        .click();
     h.step();
     h.step();
     assert_eq!(h.state().inspector.selected, Some(wrong));

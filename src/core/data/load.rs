@@ -202,10 +202,12 @@ fn validate_rows(
     let mut key_set: Option<KeySet> = None;
     let mut triplets = Vec::with_capacity(rows.len());
     let mut source_rows = Vec::with_capacity(rows.len());
+    let mut source_lines = Vec::with_capacity(rows.len());
     for (index, row) in rows.into_iter().enumerate() {
         match row.value.and_then(|v| check_row(&v, &mut key_set)) {
             Ok(ts) => {
                 source_rows.extend(std::iter::repeat_n(index, ts.len()));
+                source_lines.extend(std::iter::repeat_n(row.line, ts.len()));
                 triplets.extend(ts);
             }
             Err(problem) => report.skipped.push(SkippedRow {
@@ -244,6 +246,7 @@ fn validate_rows(
         key_set: key_set.unwrap_or(KeySet::QueryPosNegative),
         triplets,
         source_rows,
+        source_lines,
         sha256: String::new(),
         report,
     })

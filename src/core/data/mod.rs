@@ -92,6 +92,8 @@ pub struct Dataset {
     pub triplets: Vec<Triplet>,
     /// For each valid triplet, its row index in the file (0-based).
     pub source_rows: Vec<usize>,
+    /// For each valid triplet, its 1-based line in the file where known (JSON lines).
+    pub source_lines: Vec<Option<usize>>,
     /// SHA-256 of the file's bytes, hex: run records name the data they were trained on by it.
     pub sha256: String,
     /// Skipped rows and quality warnings.
@@ -99,6 +101,15 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// Where triplet `i` is in the file, as the CLI and the exports number it: "row 12 (line
+    /// 13)" (0-based row, 1-based line where the format has one row per line).
+    pub fn location(&self, i: usize) -> String {
+        match self.source_lines.get(i).copied().flatten() {
+            Some(line) => format!("row {} (line {line})", self.source_rows[i]),
+            None => format!("row {}", self.source_rows[i]),
+        }
+    }
+
     /// Number of valid triplets.
     pub fn len(&self) -> usize {
         self.triplets.len()

@@ -74,6 +74,41 @@ pub fn metric_label(key: &str) -> String {
     }
 }
 
+/// What a metric counts, with the traps readers fall into (shown on hover beside its label).
+pub fn metric_note(key: &str) -> String {
+    let k = key.rsplit(['@', '_']).next().unwrap_or("");
+    match key.split('@').next().unwrap_or(key) {
+        "cosine_accuracy" if key.contains('@') => format!(
+            "Share of queries with a relevant document in their top {k}. With one relevant \
+             document per query this equals recall@{k}."
+        ),
+        "cosine_accuracy" => "Share of triplets with cos(query, pos) > cos(query, negative): the \
+             notebook's count, blind to every other document."
+            .into(),
+        "cosine_precision" => format!(
+            "Relevant documents among the top {k}, divided by {k}. With one relevant document per \
+             query it is at most 1/{k}: a low value here is not a bad model."
+        ),
+        "cosine_recall" => format!(
+            "Share of a query's relevant documents found in its top {k}. With one relevant \
+             document per query this equals accuracy@{k}."
+        ),
+        "cosine_mrr" => "Mean of 1/rank of the first relevant document, 0 beyond rank 10.".into(),
+        "cosine_ndcg" => {
+            "Normalised discounted cumulative gain of the top 10: rewards relevant documents \
+             ranked high, 1.0 when they all come first."
+                .into()
+        }
+        "cosine_map" => "Mean over queries of the average precision at each relevant document \
+             found in the top 100."
+            .into(),
+        _ => format!(
+            "Share of triplets whose negative is in its query's top {k} among all documents: \
+             lower is better."
+        ),
+    }
+}
+
 /// True for metrics where a lower value is better (negatives in top K).
 pub fn lower_is_better(key: &str) -> bool {
     key.starts_with("neg_in_top_")

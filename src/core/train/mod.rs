@@ -182,6 +182,33 @@ pub enum TrainEvent {
     Eval(EvalPoint),
 }
 
+/// Warm-up steps of a run of `total` steps.
+pub fn warmup_steps(total: usize, ratio: f64) -> usize {
+    (ratio * total as f64).ceil() as usize
+}
+
+/// Steps between validations: five in a run by default, none with `Some(0)`.
+pub fn eval_every(total_steps: usize, eval_steps: Option<usize>) -> usize {
+    match eval_steps {
+        None => total_steps.div_ceil(5).max(1),
+        Some(0) => usize::MAX,
+        Some(n) => n,
+    }
+}
+
+/// Validations a run makes: the base model's, then every `eval_every` steps and at the end.
+pub fn planned_validations(total_steps: usize, eval_steps: Option<usize>) -> usize {
+    let every = eval_every(total_steps, eval_steps);
+    1 + (1..=total_steps)
+        .filter(|&i| i == total_steps || i % every == 0)
+        .count()
+}
+
+/// Steps a run on these training triplets would take (the batches the trainer plans).
+pub fn planned_steps(train: &[Triplet], cfg: &TrainConfig) -> usize {
+    plan_batches(train, cfg).len()
+}
+
 /// Why training stopped.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -351,12 +378,8 @@ pub fn train(
 
     let batches = plan_batches(train, cfg);
     let total_steps = batches.len();
-    let warmup_steps = (cfg.warmup_ratio * total_steps as f64).ceil() as usize;
-    let eval_every = match cfg.eval_steps {
-        None => total_steps.div_ceil(5).max(1),
-        Some(0) => usize::MAX,
-        Some(n) => n,
-    };
+    let warmup_steps = warmup_steps(total_steps, cfg.warmup_ratio);
+    let eval_every = eval_every(total_steps, cfg.eval_steps);
     ctx.point(TrainEvent::Started {
         total_steps,
         warmup_steps,

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::exit::CloseChoice;
 use super::experiments::ExportKind;
 use super::state::{DialogTarget, JobKind, Level, Tab, TrainLog};
 use super::App;
@@ -19,7 +20,7 @@ use crate::core::pipeline::{
     evaluate_model, fine_tune, would_replace, Evaluation, FineTuneRequest, FineTuned, RunRecord,
     Validation,
 };
-use crate::core::train::{StopReason, TrainConfig, TrainEvent};
+use crate::core::train::{StopReason, TrainEvent};
 
 /// What panels ask the app to do; handled after drawing.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +47,14 @@ pub enum Command {
     InspectFlips(Flip),
     /// Remove a notification.
     Dismiss(usize),
+    /// Save a rendered heatmap window (PNG bytes): asks where.
+    SavePng(Vec<u8>),
+    /// A path typed in the path field (instead of a file dialog).
+    ChosePath(DialogTarget, PathBuf),
+    /// The path field was closed without a path.
+    CancelPathPrompt,
+    /// The answer to "close during fine-tuning?".
+    CloseAnswer(CloseChoice),
     /// Fine-tune into the configured folder although it exists (the user confirmed).
     StartFineTuneReplacing,
     /// Do not replace the folder; choose another.
@@ -133,15 +142,6 @@ fn save_and_embed(
     })
 }
 
-/// MatryoshkaLoss dimensions for a model of width `full` (unknown: 384): the width, then 256,
-/// 128, 64 and 32 below it.
-fn matryoshka_dims(full: Option<usize>) -> Vec<usize> {
-    let full = full.unwrap_or(384);
-    std::iter::once(full)
-        .chain([256, 128, 64, 32].into_iter().filter(|&d| d < full))
-        .collect()
-}
-
 /// The bundled sample, used when nothing else is given.
 pub fn bundled_sample() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/patents-sample.json")
@@ -208,6 +208,14 @@ impl App {
                 if self.dialog_job.is_some() {
                     return;
                 }
+                // Without a session bus no portal can answer: ask for the path straight away.
+                if !has_session_bus() {
+                    self.ask_for_path(
+                        target,
+                        "No file dialog is available here (no desktop portal): type the path",
+                    );
+                    return;
+                }
                 let spawned = jobs::spawn("file-dialog", self.wake(), move |_ctx| {
                     let dialog = rfd::FileDialog::new();
                     Ok::<_, String>(match target {
@@ -228,12 +236,16 @@ impl App {
                             .add_filter("JSON lines", &["jsonl"])
                             .set_file_name("mined-negatives.jsonl")
                             .save_file(),
+                        DialogTarget::HeatmapPng => dialog
+                            .add_filter("PNG", &["png"])
+                            .set_file_name("heatmap.png")
+                            .save_file(),
                     })
                 });
                 match spawned {
                     Ok(h) => {
                         self.dialog_job = Some(h);
-                        self.dialog_target = Some(target);
+                        self.dialog_target = Some((target, std::time::Instant::now()));
                     }
                     Err(e) => self.notify(Level::Error, format!("cannot start a thread: {e}")),
                 }
@@ -280,6 +292,7 @@ impl App {
                 JobKind::FineTune => {
                     if let Some(j) = &self.train_job {
                         j.cancel();
+                        self.train_log.stopping = true;
                     }
                 }
                 JobKind::Mine => self.cancel_mining(),
@@ -289,7 +302,15 @@ impl App {
             Command::RemoveCorpus(path) => self.settings.mining.corpus.retain(|p| p != &path),
             Command::ShowTab(tab) => self.tab = tab,
             Command::Inspect(i) => {
-                self.inspector.selected = Some(i);
+                // Chosen from elsewhere (the heatmap, a link): no filter may hide it.
+                let s = &mut self.inspector;
+                s.selected = Some(i);
+                s.wrong_only = false;
+                s.flip = None;
+                s.split = None;
+                s.search.clear();
+                s.rows = None;
+                s.scroll_to_selected = true;
                 self.tab = Tab::Inspect;
             }
             Command::InspectFlips(f) => {
@@ -306,6 +327,17 @@ impl App {
                 self.inspector.selected = None;
                 self.tab = Tab::Inspect;
             }
+            Command::SavePng(png) => {
+                self.pending_png = Some(png);
+                self.commands
+                    .push(Command::Browse(DialogTarget::HeatmapPng));
+            }
+            Command::ChosePath(target, path) => {
+                self.layout.path_prompt = None;
+                self.chose_path(target, path);
+            }
+            Command::CancelPathPrompt => self.layout.path_prompt = None,
+            Command::CloseAnswer(choice) => self.answer_close(choice),
             Command::Dismiss(i) => {
                 if i < self.notifications.len() {
                     self.notifications.remove(i);
@@ -326,6 +358,9 @@ impl App {
             Some(dir) => ModelSource::Dir(dir.clone()),
             None => ModelSource::parse(self.settings.model.trim()),
         };
+        if comparison.is_none() {
+            self.pending_signature = Some(self.settings.embed_signature());
+        }
         self.embed_target = comparison;
         let opts = self.settings.encoder_options();
         let cache = self
@@ -437,26 +472,10 @@ impl App {
             self.confirm_replace = Some((out, why));
             return;
         }
-        let t = &self.settings.train;
         let opts = self.settings.encoder_options();
-        let cfg = TrainConfig {
-            loss: t.loss,
-            epochs: t.epochs.max(1),
-            batch_size: t.batch_size.max(2),
-            lr: t.lr,
-            val_split: t.val_split,
-            eval_max_seq_len: opts.max_seq_len,
-            eval_batch_size: opts.batch_size,
-            prompts: opts.prompts.clone(),
-            matryoshka_dims: if t.matryoshka {
-                matryoshka_dims(self.zero_shot.as_ref().map(|e| e.embeddings.queries.dim))
-            } else {
-                Vec::new()
-            },
-            max_negatives: t.max_negatives.max(1),
-            mini_batch: (t.mini_batch > 0).then_some(t.mini_batch),
-            ..TrainConfig::default()
-        };
+        let cfg = self
+            .settings
+            .train_config(self.zero_shot.as_ref().map(|e| e.embeddings.queries.dim));
         let source = ModelSource::parse(self.settings.model.trim());
         let cache = self
             .settings
@@ -495,4 +514,12 @@ impl App {
             Err(e) => self.notify(Level::Error, format!("cannot start a thread: {e}")),
         }
     }
+}
+
+/// True when a D-Bus session bus can be reached (where desktop portals answer): its address in
+/// the environment, or systemd's socket in the runtime folder.
+fn has_session_bus() -> bool {
+    std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some()
+        || std::env::var_os("XDG_RUNTIME_DIR")
+            .is_some_and(|d| std::path::Path::new(&d).join("bus").exists())
 }

@@ -21,7 +21,58 @@ pub fn default_recovery_dir() -> PathBuf {
         .join("recovered")
 }
 
+/// The answers to "the window is closing while fine-tuning runs".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseChoice {
+    /// Stop at the end of the current step, save the best checkpoint, close.
+    StopAndSave,
+    /// Let the run finish and save, then close.
+    FinishThenClose,
+    /// Do not close.
+    Cancel,
+}
+
 impl App {
+    /// Asks before the window closes while fine-tuning runs (the close request is held back).
+    pub(super) fn intercept_close(&mut self, ctx: &eframe::egui::Context) {
+        let asked = ctx.input(|i| i.viewport().close_requested());
+        if asked && self.train_job.is_some() && !self.layout.allow_close {
+            ctx.send_viewport_cmd(eframe::egui::ViewportCommand::CancelClose);
+            self.layout.close_prompt = true;
+        }
+    }
+
+    /// Acts on the answer to the close question.
+    pub(super) fn answer_close(&mut self, choice: CloseChoice) {
+        self.layout.close_prompt = false;
+        match choice {
+            CloseChoice::StopAndSave => {
+                // Closing stops the run at its next step and saves its best weights (on_exit).
+                self.layout.allow_close = true;
+                self.ctx
+                    .send_viewport_cmd(eframe::egui::ViewportCommand::Close);
+            }
+            CloseChoice::FinishThenClose => {
+                self.layout.close_when_done = true;
+                self.notify(
+                    Level::Info,
+                    "The window closes once fine-tuning has finished and saved its model",
+                );
+            }
+            CloseChoice::Cancel => self.layout.close_when_done = false,
+        }
+    }
+
+    /// Closes the window if the user asked to once the run was saved.
+    pub(super) fn close_if_done(&mut self) {
+        if self.layout.close_when_done && self.train_job.is_none() {
+            self.layout.close_when_done = false;
+            self.layout.allow_close = true;
+            self.ctx
+                .send_viewport_cmd(eframe::egui::ViewportCommand::Close);
+        }
+    }
+
     /// What closing the window does: loading and embedding stop (nothing is lost: cached vectors
     /// are written atomically); a fine-tuning job stops at its next step, saves its best weights
     /// and is waited for; a trained model that is still unsaved goes to the recovery folder.

@@ -1,6 +1,7 @@
 //! Each frame's first step: drain every job's events into the state (progress, loss points,
 //! warnings, results), and the notifications that go with them.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::commands::{Command, FineTuneResult};
@@ -81,6 +82,7 @@ impl App {
                             ),
                         );
                         self.zero_shot = Some(Arc::new(eval));
+                        self.zero_shot_signature = self.pending_signature.take();
                         self.fine_tuned = None;
                         self.experiments.comparison = None;
                         self.heatmap.cache.clear();
@@ -112,14 +114,24 @@ impl App {
                 match ev {
                     JobEvent::Update(Update::Progress(p)) => self.train_log.progress = Some(p),
                     JobEvent::Update(Update::Point(TrainEvent::Started {
-                        total_steps, ..
+                        total_steps,
+                        warmup_steps,
+                        train_triplets,
+                        val_triplets,
                     })) => {
                         self.train_log.total_steps = total_steps;
+                        self.train_log.warmup_steps = warmup_steps;
+                        self.train_log.triplets = (train_triplets, val_triplets);
+                        self.train_log.started_at = Some(std::time::Instant::now());
                     }
                     JobEvent::Update(Update::Point(TrainEvent::Step(s))) => {
                         self.train_log.steps.push(s);
                     }
                     JobEvent::Update(Update::Point(TrainEvent::Eval(e))) => {
+                        if e.step == 0 {
+                            self.train_log.validation_secs =
+                                self.train_log.started_at.map(|t| t.elapsed().as_secs_f64());
+                        }
                         self.train_log.evals.push(e);
                     }
                     JobEvent::Update(Update::Warning(w)) => warnings.push(w),
@@ -131,6 +143,7 @@ impl App {
             }
             if let Some(o) = done {
                 self.train_job = None;
+                self.train_log.stopping = false;
                 self.train_log.progress = None;
                 match o {
                     Outcome::Finished(Ok(FineTuneResult {
@@ -201,37 +214,84 @@ impl App {
             for ev in job.drain() {
                 if let JobEvent::Done(o) = ev {
                     self.dialog_job = None;
-                    let target = self.dialog_target.take();
-                    match (o, target) {
-                        (Outcome::Finished(Ok(Some(path))), Some(DialogTarget::DataFile)) => {
-                            self.commands.push(Command::OpenFile(path));
+                    let Some((target, opened)) = self.dialog_target.take() else {
+                        break;
+                    };
+                    match o {
+                        Outcome::Finished(Ok(Some(path))) => self.chose_path(target, path),
+                        // A portal that answers at all takes longer than this to show a dialog
+                        // and have it closed: an instant "nothing" means there is none.
+                        Outcome::Finished(Ok(None)) if opened.elapsed().as_millis() < 400 => {
+                            self.ask_for_path(
+                                target,
+                                "No file dialog opened (no desktop portal answered): type the path",
+                            );
                         }
-                        (Outcome::Finished(Ok(Some(path))), Some(DialogTarget::ModelFolder)) => {
-                            self.settings.model = path.display().to_string();
+                        Outcome::Finished(Ok(None)) => {}
+                        Outcome::Finished(Err(e)) => {
+                            self.ask_for_path(
+                                target,
+                                &format!("The file dialog failed ({e}): type the path"),
+                            );
                         }
-                        (Outcome::Finished(Ok(Some(path))), Some(DialogTarget::OutputFolder)) => {
-                            self.settings.train.out_dir = path.display().to_string();
-                        }
-                        (Outcome::Finished(Ok(Some(path))), Some(DialogTarget::ExportFile(k))) => {
-                            self.commands.push(Command::ExportTo(k, path));
-                        }
-                        (Outcome::Finished(Ok(Some(path))), Some(DialogTarget::CorpusFile)) => {
-                            if !self.settings.mining.corpus.contains(&path) {
-                                self.settings.mining.corpus.push(path);
-                            }
-                        }
-                        (Outcome::Finished(Ok(Some(path))), Some(DialogTarget::MinedExport)) => {
-                            self.commands.push(Command::ExportMinedTo(path));
-                        }
-                        (Outcome::Finished(Ok(None)), _) | (_, None) => {}
-                        (Outcome::Finished(Err(e)), _) => {
-                            self.notify(Level::Error, format!("File dialog failed: {e}"));
-                        }
-                        (Outcome::Panicked(m), _) => {
-                            self.notify(Level::Error, format!("File dialog failed: {m}"));
+                        Outcome::Panicked(m) => {
+                            self.ask_for_path(
+                                target,
+                                &format!("The file dialog failed ({m}): type the path"),
+                            );
                         }
                     }
                     break;
+                }
+            }
+        }
+    }
+
+    /// Shows the path field instead of a file dialog.
+    pub(super) fn ask_for_path(&mut self, target: DialogTarget, reason: &str) {
+        let text = match target {
+            DialogTarget::ModelFolder => self.settings.model.clone(),
+            DialogTarget::OutputFolder => self.settings.train.out_dir.clone(),
+            _ => self
+                .dataset
+                .as_ref()
+                .and_then(|d| d.path.parent())
+                .map(|p| format!("{}/", p.display()))
+                .unwrap_or_default(),
+        };
+        self.layout.path_prompt = Some(super::PathPrompt {
+            target,
+            text,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// What a chosen path does, from a dialog or the path field.
+    pub(super) fn chose_path(&mut self, target: DialogTarget, path: PathBuf) {
+        match target {
+            DialogTarget::DataFile => self.commands.push(Command::OpenFile(path)),
+            DialogTarget::ModelFolder => self.settings.model = path.display().to_string(),
+            DialogTarget::OutputFolder => self.settings.train.out_dir = path.display().to_string(),
+            DialogTarget::ExportFile(k) => self.commands.push(Command::ExportTo(k, path)),
+            DialogTarget::CorpusFile => {
+                if !self.settings.mining.corpus.contains(&path) {
+                    self.settings.mining.corpus.push(path);
+                }
+            }
+            DialogTarget::MinedExport => self.commands.push(Command::ExportMinedTo(path)),
+            DialogTarget::HeatmapPng => {
+                let Some(png) = self.pending_png.take() else {
+                    return;
+                };
+                match crate::core::files::write_atomic(&path, &png) {
+                    Ok(()) => self.notify(Level::Info, format!("Saved {}", path.display())),
+                    Err(e) => {
+                        self.notify(
+                            Level::Error,
+                            format!("Cannot write {}: {e}", path.display()),
+                        );
+                        self.pending_png = Some(png);
+                    }
                 }
             }
         }

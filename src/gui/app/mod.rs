@@ -11,7 +11,7 @@ mod mining;
 mod state;
 
 pub use commands::{bundled_sample, Command, FineTuneResult, TrainedModel};
-pub use exit::default_recovery_dir;
+pub use exit::{default_recovery_dir, CloseChoice};
 pub use experiments::{Experiments, ExportKind, SplitMark};
 pub use mining::{Mining, MiningResult};
 pub use state::*;
@@ -80,6 +80,8 @@ pub struct App {
     pub mining: Mining,
     /// The review of the mined negatives.
     pub mining_review: MiningReview,
+    /// Window layout choices (the model sidebar).
+    pub layout: LayoutState,
     /// The next free numbered output folder next to the data file.
     next_output_dir: Option<PathBuf>,
     load_job: Option<JobHandle<(), (Dataset, DataStats, TextSearch), DataError>>,
@@ -89,7 +91,14 @@ pub struct App {
     exiting: Arc<AtomicBool>,
     recovery_dir: PathBuf,
     dialog_job: Option<JobHandle<(), Option<PathBuf>, String>>,
-    dialog_target: Option<DialogTarget>,
+    /// What the open dialog chooses, and when it opened.
+    dialog_target: Option<(DialogTarget, Instant)>,
+    /// What the baseline evaluation was computed with.
+    zero_shot_signature: Option<EmbedSignature>,
+    /// What the running baseline embedding uses.
+    pending_signature: Option<EmbedSignature>,
+    /// A rendered heatmap PNG waiting for its path.
+    pending_png: Option<Vec<u8>>,
     /// Where the running embedding job's result goes: `None` the baseline, else the folder of
     /// the fine-tuned model it embeds.
     embed_target: Option<PathBuf>,
@@ -114,6 +123,9 @@ impl App {
         if let Some(out) = &options.fine_tune_out {
             settings.train.out_dir = out.display().to_string();
         }
+        // Scroll bars take their own room: content never slides under them.
+        cc.egui_ctx
+            .all_styles_mut(|s| s.spacing.scroll = egui::style::ScrollStyle::solid());
         let mut app = Self::with_settings(cc.egui_ctx.clone(), settings);
         app.embed_on_load = options.embed_on_start;
         app.mine_on_load = options.mine_on_start;
@@ -152,6 +164,8 @@ impl App {
                 col0: 0,
                 cache: Vec::new(),
                 windows_computed: 0,
+                skip_diagonal: true,
+                diff_texture: None,
             },
             inspector: InspectorState::default(),
             commands: Vec::new(),
@@ -166,6 +180,7 @@ impl App {
             confirm_replace: None,
             mining: Mining::default(),
             mining_review: MiningReview::default(),
+            layout: LayoutState::default(),
             next_output_dir: None,
             load_job: None,
             embed_job: None,
@@ -174,6 +189,9 @@ impl App {
             recovery_dir: default_recovery_dir(),
             dialog_job: None,
             dialog_target: None,
+            pending_png: None,
+            zero_shot_signature: None,
+            pending_signature: None,
             embed_target: None,
             embed_on_load: false,
             mine_on_load: false,
@@ -308,6 +326,8 @@ pub struct View<'a> {
     pub confirm_replace: Option<&'a (PathBuf, String)>,
     /// Hard-negative mining: the job and its result.
     pub mining: &'a Mining,
+    /// Why the shown results no longer match the model settings, if they do not.
+    pub stale: Option<String>,
 }
 
 impl View<'_> {
@@ -332,6 +352,8 @@ pub struct PanelState<'a> {
     pub inspector: &'a mut InspectorState,
     /// The review of the mined negatives.
     pub mining_review: &'a mut MiningReview,
+    /// Window layout choices.
+    pub layout: &'a mut LayoutState,
 }
 
 /// Where panels push what the user asked for; handled after drawing.
@@ -348,6 +370,11 @@ impl App {
     /// Splits the state for drawing: what panels read, what they change, where they push.
     pub fn for_panels(&mut self) -> (View<'_>, PanelState<'_>, Commands<'_>) {
         let default_output_dir = self.default_output_dir();
+        let stale = self
+            .zero_shot_signature
+            .as_ref()
+            .filter(|_| self.zero_shot.is_some())
+            .and_then(|was| was.stale_against(&self.settings.embed_signature()));
         let running = Running {
             load: self.load_job.is_some(),
             embed: self.embed_job.is_some(),
@@ -376,6 +403,7 @@ impl App {
             confirm_replace,
             mining,
             mining_review,
+            layout,
             ..
         } = self;
         (
@@ -398,12 +426,14 @@ impl App {
                 experiments,
                 confirm_replace: confirm_replace.as_ref(),
                 mining,
+                stale,
             },
             PanelState {
                 settings,
                 heatmap,
                 inspector,
                 mining_review,
+                layout,
             },
             Commands(commands),
         )
@@ -413,6 +443,8 @@ impl App {
 impl eframe::App for App {
     fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
         self.poll_jobs();
+        self.close_if_done();
+        self.intercept_close(ctx);
         self.take_dropped_files(ctx);
     }
 

@@ -71,6 +71,12 @@ pub struct TrainSettings {
     pub max_negatives: usize,
     /// GradCache mini-batch (texts), 0: off.
     pub mini_batch: usize,
+    /// Share of the steps spent warming the learning rate up.
+    pub warmup_ratio: f64,
+    /// Seed of the split, the batches and dropout.
+    pub seed: u64,
+    /// Tokens per text while training.
+    pub max_seq_len: usize,
 }
 
 impl Default for TrainSettings {
@@ -86,8 +92,50 @@ impl Default for TrainSettings {
             matryoshka: false,
             max_negatives: d.max_negatives,
             mini_batch: 0,
+            warmup_ratio: d.warmup_ratio,
+            seed: d.seed,
+            max_seq_len: d.max_seq_len,
         }
     }
+}
+
+impl Settings {
+    /// The fine-tuning configuration the form describes (`dim`: the model's width, for the
+    /// Matryoshka dimensions).
+    pub fn train_config(&self, dim: Option<usize>) -> TrainConfig {
+        let t = &self.train;
+        let opts = self.encoder_options();
+        TrainConfig {
+            loss: t.loss,
+            epochs: t.epochs.max(1),
+            batch_size: t.batch_size.max(2),
+            lr: t.lr,
+            val_split: t.val_split,
+            warmup_ratio: t.warmup_ratio.clamp(0.0, 0.5),
+            seed: t.seed,
+            max_seq_len: t.max_seq_len.clamp(8, 512),
+            eval_max_seq_len: opts.max_seq_len,
+            eval_batch_size: opts.batch_size,
+            prompts: opts.prompts.clone(),
+            matryoshka_dims: if t.matryoshka {
+                matryoshka_dims(dim)
+            } else {
+                Vec::new()
+            },
+            max_negatives: t.max_negatives.max(1),
+            mini_batch: (t.mini_batch > 0).then_some(t.mini_batch),
+            ..TrainConfig::default()
+        }
+    }
+}
+
+/// MatryoshkaLoss dimensions for a model of width `full` (unknown: 384): the width, then 256,
+/// 128, 64 and 32 below it.
+fn matryoshka_dims(full: Option<usize>) -> Vec<usize> {
+    let full = full.unwrap_or(384);
+    std::iter::once(full)
+        .chain([256, 128, 64, 32].into_iter().filter(|&d| d < full))
+        .collect()
 }
 
 /// Settings that persist between runs (eframe storage).
@@ -260,6 +308,23 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// What an evaluation depends on, as the user set it: the model and the options that change
+    /// vectors (not the batch size).
+    pub fn embed_signature(&self) -> EmbedSignature {
+        let o = self.encoder_options();
+        EmbedSignature {
+            model: self.model.trim().to_string(),
+            options: format!(
+                "max length {}, prompts {:?}, dimensions {}",
+                o.max_seq_len
+                    .map_or_else(|| "model default".into(), |n| n.to_string()),
+                o.prompts,
+                o.truncate_dim
+                    .map_or_else(|| "all".into(), |n| n.to_string())
+            ),
+        }
+    }
+
     /// The encoder options these settings describe.
     pub fn encoder_options(&self) -> EncoderOptions {
         EncoderOptions {
@@ -274,6 +339,34 @@ impl Settings {
                 },
             },
             truncate_dim: self.truncate_dim,
+        }
+    }
+}
+
+/// The model and options an evaluation was computed with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbedSignature {
+    /// The model as typed.
+    pub model: String,
+    /// The options that change vectors.
+    pub options: String,
+}
+
+impl EmbedSignature {
+    /// Why results computed with `self` no longer match the settings `now`, if they do not.
+    pub fn stale_against(&self, now: &EmbedSignature) -> Option<String> {
+        if self.model != now.model {
+            Some(format!(
+                "These results are from {}; the model on the left is now {}. Embed again to update them.",
+                self.model, now.model
+            ))
+        } else if self.options != now.options {
+            Some(format!(
+                "These results were computed with {}; the settings on the left are now {}. Embed again to update them.",
+                self.options, now.options
+            ))
+        } else {
+            None
         }
     }
 }
@@ -300,6 +393,14 @@ pub enum Tab {
 }
 
 impl Tab {
+    /// True for the panels that show the baseline's evaluation.
+    pub fn shows_results(self) -> bool {
+        matches!(
+            self,
+            Tab::Metrics | Tab::Heatmap | Tab::Compare | Tab::Inspect | Tab::Storage
+        )
+    }
+
     /// Every tab in order.
     pub const ALL: [Tab; 8] = [
         Tab::Data,
@@ -354,6 +455,8 @@ pub enum DialogTarget {
     CorpusFile,
     /// Where to export the accepted mined rows.
     MinedExport,
+    /// Where to save a heatmap window as PNG.
+    HeatmapPng,
 }
 
 /// Severity of a notification.
@@ -389,6 +492,73 @@ pub struct TrainLog {
     pub progress: Option<Progress>,
     /// The outcome of the last finished run, for the panel.
     pub finished: Option<String>,
+    /// Warm-up steps planned.
+    pub warmup_steps: usize,
+    /// Training and validation triplets of the run.
+    pub triplets: (usize, usize),
+    /// Stop was pressed: the run ends after its current step.
+    pub stopping: bool,
+    /// When the run was planned, and when its first step ended (the time between is the base
+    /// model's validation, for the overall ETA).
+    pub started_at: Option<std::time::Instant>,
+    /// Seconds the first validation took.
+    pub validation_secs: Option<f64>,
+}
+
+impl TrainLog {
+    /// The validation the run keeps: the first with the highest validation nDCG@10 (a later
+    /// step must do strictly better to replace it, as the trainer decides).
+    pub fn best_eval(&self) -> Option<&crate::core::train::EvalPoint> {
+        let key = crate::core::train::BEST_METRIC;
+        let mut best: Option<&crate::core::train::EvalPoint> = None;
+        for e in &self.evals {
+            let Some(v) = e.metrics.get(key) else {
+                continue;
+            };
+            if best.is_none_or(|b| *v > b.metrics[key]) {
+                best = Some(e);
+            }
+        }
+        best
+    }
+
+    /// The phase of the run and the time left for all of it: remaining steps at the measured
+    /// step time plus remaining validations at the measured validation time.
+    pub fn overall(&self) -> (String, Option<f64>) {
+        let validations = crate::core::train::planned_validations(self.total_steps, None);
+        let done_steps = self.steps.last().map_or(0, |s| s.step);
+        let phase = match &self.progress {
+            Some(p) if p.stage == "training" => {
+                format!("training, step {done_steps}/{}", self.total_steps)
+            }
+            Some(p) => format!(
+                "validation {}/{validations} ({})",
+                (self.evals.len() + 1).min(validations),
+                p.stage
+            ),
+            None => "preparing".into(),
+        };
+        let eta = match (self.secs_per_step(), self.validation_secs) {
+            (Some(step), Some(val)) => Some(
+                self.total_steps.saturating_sub(done_steps) as f64 * step
+                    + validations.saturating_sub(self.evals.len()) as f64 * val,
+            ),
+            _ => None,
+        };
+        (phase, eta)
+    }
+
+    /// Mean seconds per step over the last steps (the latest ones reflect the steady state).
+    pub fn secs_per_step(&self) -> Option<f64> {
+        let recent: Vec<f64> = self
+            .steps
+            .iter()
+            .rev()
+            .take(20)
+            .map(|s| s.step_secs)
+            .collect();
+        (!recent.is_empty()).then(|| recent.iter().sum::<f64>() / recent.len() as f64)
+    }
 }
 
 /// Heatmap view.
@@ -418,6 +588,35 @@ pub struct CachedWindow {
     pub texture: Option<egui::TextureHandle>,
 }
 
+/// Window layout choices that are not persisted.
+#[derive(Debug, Default)]
+pub struct LayoutState {
+    /// Whether the model sidebar shows; `None` until the first frame decides from the width
+    /// (collapsed in narrow windows).
+    pub model_panel: Option<bool>,
+    /// The fine-tune form's plan: (settings it was computed for, training rows, steps).
+    pub fine_tune_plan: Option<(String, usize, usize)>,
+    /// A path typed by hand, when no file dialog can open.
+    pub path_prompt: Option<PathPrompt>,
+    /// The window was asked to close during fine-tuning: the question is shown.
+    pub close_prompt: bool,
+    /// The user chose to close: the next close request goes through.
+    pub allow_close: bool,
+    /// Close once the running fine-tune has saved its model.
+    pub close_when_done: bool,
+}
+
+/// A path field shown instead of a file dialog (no desktop portal, or none answered).
+#[derive(Debug, Clone)]
+pub struct PathPrompt {
+    /// What the path is for.
+    pub target: DialogTarget,
+    /// The text typed so far.
+    pub text: String,
+    /// Why the field is shown.
+    pub reason: String,
+}
+
 /// Heatmap window position and cache.
 pub struct HeatmapState {
     /// Which matrix.
@@ -430,7 +629,15 @@ pub struct HeatmapState {
     pub cache: Vec<CachedWindow>,
     /// Windows computed so far (tests check that only visible windows are computed).
     pub windows_computed: usize,
+    /// Leave self-similarity cells (1.0) out of the colour scale.
+    pub skip_diagonal: bool,
+    /// Compare's difference map: (window key, scale) it was drawn for, and its texture.
+    pub diff_texture: Option<(DiffKey, egui::TextureHandle)>,
 }
+
+/// What a difference map was drawn for: the window (view, first row, first column) and its
+/// symmetric scale.
+pub type DiffKey = (HeatmapView, usize, usize, u32);
 
 /// Documents ranked above a positive, with their cosines, best first.
 pub type Outranking = Vec<(usize, f64)>;
@@ -440,7 +647,7 @@ pub type Outranking = Vec<(usize, f64)>;
 pub struct InspectorState {
     /// The triplet shown in detail.
     pub selected: Option<usize>,
-    /// Only triplets ranked wrong (by the zero-shot model).
+    /// Only triplets ranked wrong (by the model the list shows).
     pub wrong_only: bool,
     /// Only triplets of this flip kind.
     pub flip: Option<Flip>,
@@ -454,4 +661,8 @@ pub struct InspectorState {
     pub outranking: Vec<((usize, bool), Outranking)>,
     /// The filtered, sorted triplet list and the filter it was computed for.
     pub rows: Option<(String, Vec<usize>)>,
+    /// The list shows, filters ("wrong only") and sorts by the fine-tuned model's values.
+    pub by_fine_tuned: bool,
+    /// Scroll the list to the selection on the next frame (it was chosen elsewhere).
+    pub scroll_to_selected: bool,
 }

@@ -11,6 +11,18 @@ pub fn show(ui: &mut egui::Ui, app: &View, cmds: &mut Commands) {
         super::needs_embedding(ui, app, cmds);
         return;
     };
+    egui::ScrollArea::vertical()
+        .id_salt("data_panel")
+        .auto_shrink([false, false])
+        .show(ui, |ui| body(ui, app, d, stats));
+}
+
+fn body(
+    ui: &mut egui::Ui,
+    app: &View,
+    d: &crate::core::data::Dataset,
+    stats: &crate::core::data::DataStats,
+) {
     ui.heading("Data");
     ui.label(format!(
         "{} ({:?}, keys {})",
@@ -58,45 +70,41 @@ pub fn show(ui: &mut egui::Ui, app: &View, cmds: &mut Commands) {
     if d.report.is_clean() {
         ui.label("No row was skipped and no quality warning was found.");
     }
-    egui::ScrollArea::vertical()
-        .id_salt("report")
-        .show(ui, |ui| {
-            for s in &d.report.skipped {
-                ui.label(format!("Skipped {s}"));
-            }
-            for w in &d.report.warnings {
-                ui.label(format!("Warning: {w}"));
-            }
-            if let Some(e) = app.zero_shot {
-                let max = e.max_seq_len;
-                let source_rows = &d.source_rows;
-                let cut: Vec<String> = e
-                    .embeddings
-                    .token_counts
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(i, c)| {
-                        ["query", "pos", "negative"]
-                            .into_iter()
-                            .zip(c)
-                            .filter(|(_, c)| c.truncated)
-                            .map(move |(f, c)| {
-                                format!(
-                                    "row {}: {f} has {} tokens, cut to {max}",
-                                    source_rows[i], c.tokens
-                                )
-                            })
+    for s in &d.report.skipped {
+        ui.label(format!("Skipped {s}"));
+    }
+    for w in &d.report.warnings {
+        ui.label(format!("Warning: {w}"));
+    }
+    if let Some(e) = app.zero_shot {
+        let max = e.max_seq_len;
+        let source_rows = &d.source_rows;
+        let cut: Vec<String> = e
+            .embeddings
+            .token_counts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                ["query", "pos", "negative"]
+                    .into_iter()
+                    .zip(c)
+                    .filter(|(_, c)| c.truncated)
+                    .map(move |(f, c)| {
+                        format!(
+                            "row {}: {f} has {} tokens, cut to {max}",
+                            source_rows[i], c.tokens
+                        )
                     })
-                    .collect();
-                if !cut.is_empty() {
-                    ui.label(format!(
-                        "{} texts are longer than the model's {max} tokens:",
-                        cut.len()
-                    ));
-                    for line in cut.iter().take(200) {
-                        ui.label(format!("Warning: {line}"));
-                    }
-                }
+            })
+            .collect();
+        if !cut.is_empty() {
+            ui.label(format!(
+                "{} texts are longer than the model's {max} tokens:",
+                cut.len()
+            ));
+            for line in cut.iter().take(200) {
+                ui.label(format!("Warning: {line}"));
             }
-        });
+        }
+    }
 }

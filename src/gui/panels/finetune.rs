@@ -2,24 +2,40 @@
 //! step axis: raw and smoothed loss, learning rate, validation metrics.
 
 use eframe::egui::{self, Color32, RichText};
-use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
+use egui_plot::{Corner, Legend, Line, Plot, PlotPoints, Points, VLine};
 
+use crate::core::data::Dataset;
 use crate::core::train::LossKind;
-use crate::gui::app::{Command, Commands, DialogTarget, JobKind, Settings, View};
+use crate::core::train::{planned_steps, split_rows_by_query, warmup_steps, BEST_METRIC};
+use crate::gui::app::{Command, Commands, DialogTarget, JobKind, LayoutState, Settings, View};
 use crate::gui::plots::debiased_ema;
+use crate::gui::widgets::format_secs;
 
 /// Validation metrics drawn on the curve.
 const VAL_KEYS: [&str; 3] = ["cosine_ndcg@10", "cosine_accuracy@1", "cosine_accuracy"];
 
 /// Draws the panel.
-pub fn show(ui: &mut egui::Ui, app: &View, s: &mut Settings, cmds: &mut Commands) {
+pub fn show(
+    ui: &mut egui::Ui,
+    app: &View,
+    s: &mut Settings,
+    layout: &mut LayoutState,
+    cmds: &mut Commands,
+) {
     ui.heading("Fine-tune");
-    if app.dataset.is_none() {
+    let Some(data) = app.dataset else {
         super::needs_embedding(ui, app, cmds);
         return;
-    }
+    };
     let running = app.is_running(JobKind::FineTune);
-    ui.add_enabled_ui(!running, |ui| settings(ui, app, s, cmds));
+    // The form scrolls on its own in small windows; the curves keep the rest.
+    egui::ScrollArea::vertical()
+        .id_salt("fine_tune_form")
+        .max_height((ui.available_height() * 0.45).max(120.0))
+        .show(ui, |ui| {
+            ui.add_enabled_ui(!running, |ui| settings(ui, app, s, cmds));
+            plan_line(ui, app, data, s, layout);
+        });
     if let Some((dir, why)) = app.confirm_replace {
         egui::Frame::group(ui.style())
             .fill(Color32::from_rgb(255, 243, 224))
@@ -39,22 +55,38 @@ pub fn show(ui: &mut egui::Ui, app: &View, s: &mut Settings, cmds: &mut Commands
                 });
             });
     }
-    ui.horizontal(|ui| {
-        if running {
+    ui.horizontal_wrapped(|ui| {
+        if running && app.train_log.stopping {
+            ui.add_enabled(false, egui::Button::new("Stopping..."))
+                .on_disabled_hover_text(
+                    "The run ends after its current step and keeps its best checkpoint",
+                );
+        } else if running {
             if ui.button("Stop").clicked() {
                 cmds.push(Command::Cancel(JobKind::FineTune));
             }
         } else if ui.button("Start fine-tuning").clicked() {
             cmds.push(Command::StartFineTune);
         }
-        if let Some(p) = &app.train_log.progress {
-            super::progress_bar(ui, p);
-        } else if running {
-            ui.label("Preparing...");
+        if running {
+            // One line for the whole run: its phase, the phase's own progress, the time left.
+            let (phase, eta) = app.train_log.overall();
+            let mut text = phase;
+            if let Some(p) = &app.train_log.progress {
+                text.push_str(&format!(": {} {}/{} {}", p.stage, p.done, p.total, p.unit));
+            }
+            match eta {
+                Some(s) => text.push_str(&format!(", about {} left in all", format_secs(s))),
+                None => text.push_str(", time left measured after the first step"),
+            }
+            let fraction = app.train_log.steps.last().map_or(0.0, |s| {
+                s.step as f32 / app.train_log.total_steps.max(1) as f32
+            });
+            ui.add(egui::ProgressBar::new(fraction).text(text));
         }
     });
     if let Some(msg) = &app.train_log.finished {
-        ui.label(msg);
+        ui.add(egui::Label::new(msg).wrap());
     }
     if app.has_unsaved_model && !running && ui.button("Save the trained model").clicked() {
         cmds.push(Command::SaveTrained);
@@ -115,19 +147,35 @@ fn settings(ui: &mut egui::Ui, app: &View, s: &mut Settings, cmds: &mut Commands
                 .on_hover_text("CachedMultipleNegativesRankingLoss: embeds the batch this many texts at a time and replays each for its gradients, so batch sizes of 64-256 fit in memory (same result, about a third more compute)");
                 ui.end_row();
             }
+            let l = ui.label("Warm-up share of steps");
+            ui.add(egui::Slider::new(&mut t.warmup_ratio, 0.0..=0.5))
+                .labelled_by(l.id)
+                .on_hover_text("The learning rate rises linearly over these first steps, then falls linearly to 0");
+            ui.end_row();
+            let l = ui.label("Seed");
+            ui.add(egui::DragValue::new(&mut t.seed))
+                .labelled_by(l.id)
+                .on_hover_text("Seeds the held-out split, the batches and dropout: the same seed gives the same run");
+            ui.end_row();
+            let l = ui.label("Max length in training (tokens)");
+            ui.add(egui::DragValue::new(&mut t.max_seq_len).range(8..=512))
+                .labelled_by(l.id)
+                .on_hover_text("Texts are cut to this many tokens while training (sentence-transformers' fit uses the model's max_seq_length; shorter is faster). Evaluation uses the sidebar's max length.");
+            ui.end_row();
             let l = ui.label("Validation share of queries");
             ui.add(egui::Slider::new(&mut t.val_split, 0.05..=0.5))
                 .labelled_by(l.id);
             ui.end_row();
             let l = ui.label("Save to");
-            ui.horizontal(|ui| {
+            ui.horizontal_wrapped(|ui| {
                 let hint = default_out
                     .map(|p| p.display().to_string())
                     .unwrap_or_default();
+                let width = (ui.available_width() - 190.0).clamp(120.0, 420.0);
                 ui.add(
                     egui::TextEdit::singleline(&mut t.out_dir)
                         .hint_text(hint)
-                        .desired_width(320.0),
+                        .desired_width(width),
                 )
                 .labelled_by(l.id);
                 if ui.button("Browse output folder...").clicked() {
@@ -136,6 +184,57 @@ fn settings(ui: &mut egui::Ui, app: &View, s: &mut Settings, cmds: &mut Commands
             });
             ui.end_row();
         });
+}
+
+/// The run the form describes: training rows, steps, warm-up, and an ETA from measured steps.
+fn plan_line(
+    ui: &mut egui::Ui,
+    app: &View,
+    data: &Dataset,
+    s: &Settings,
+    layout: &mut LayoutState,
+) {
+    let cfg = s.train_config(None);
+    let key = format!(
+        "{}|{}|{:?}|{}|{}|{}|{}",
+        data.sha256,
+        data.len(),
+        cfg.loss,
+        cfg.epochs,
+        cfg.batch_size,
+        cfg.val_split,
+        cfg.seed
+    ) + &format!("|{}", cfg.max_negatives);
+    if layout
+        .fine_tune_plan
+        .as_ref()
+        .is_none_or(|(k, ..)| *k != key)
+    {
+        let (train, _) = split_rows_by_query(&data.triplets, cfg.val_split, cfg.seed);
+        let rows: Vec<_> = train.iter().map(|&i| data.triplets[i].clone()).collect();
+        let steps = planned_steps(&rows, &cfg);
+        layout.fine_tune_plan = Some((key, train.len(), steps));
+    }
+    let Some((_, train_rows, steps)) = layout.fine_tune_plan.clone() else {
+        return;
+    };
+    let warm = warmup_steps(steps, cfg.warmup_ratio);
+    let mut text = format!(
+        "Plan: {steps} steps ({} epochs of batches of {}) on {train_rows} training triplets, {} held out; warm-up {warm} steps; seed {}; texts cut to {} tokens.",
+        cfg.epochs,
+        cfg.batch_size,
+        data.len() - train_rows,
+        cfg.seed,
+        cfg.max_seq_len
+    );
+    match app.train_log.secs_per_step() {
+        Some(per) => text.push_str(&format!(
+            " About {} at the {per:.2} s per step measured last (plus validations).",
+            format_secs(per * steps as f64)
+        )),
+        None => text.push_str(" The time per step is measured on the first steps."),
+    }
+    ui.add(egui::Label::new(text).wrap());
 }
 
 /// Past runs found next to the data: each with its record, to compare with the zero-shot model
@@ -218,10 +317,10 @@ fn loss_name(l: LossKind) -> &'static str {
 fn curves(ui: &mut egui::Ui, app: &View, smoothing: &mut f64) {
     let log = app.train_log;
     if log.steps.is_empty() && log.evals.is_empty() {
-        ui.weak("Curves appear here while training runs.");
+        ui.weak("Curves appear here once the first step is done.");
         return;
     }
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         let l = ui.label("Smoothing");
         ui.add(egui::Slider::new(smoothing, 0.0..=0.99))
             .labelled_by(l.id);
@@ -232,19 +331,53 @@ fn curves(ui: &mut egui::Ui, app: &View, smoothing: &mut f64) {
             ));
         }
     });
+    let best = log.best_eval().map(|e| e.step);
+    if let Some(b) = best {
+        ui.weak(format!(
+            "Dashed line: the checkpoint kept, step {b} (best validation {BEST_METRIC}{})",
+            if b == 0 {
+                ", the base model: no step improved on it yet"
+            } else {
+                ""
+            }
+        ));
+    }
     let x_max = log.total_steps.max(1) as f64;
     let link = ui.scope_id().with("train_x");
-    let height = ((ui.available_height() - 20.0) / 3.0).max(120.0);
+    let height = ((ui.available_height() - 30.0) / 2.6).max(110.0);
     let losses: Vec<f64> = log.steps.iter().map(|s| s.loss).collect();
     let smooth = debiased_ema(&losses, *smoothing);
-    Plot::new("loss")
-        .height(height)
-        .legend(Legend::default())
-        .link_axis(link, [true, false])
-        .include_x(0.0)
-        .include_x(x_max)
+    // Every plot: the same x range, left margin and hover read-out; room above and below the
+    // curves so nothing is clipped at the edge.
+    let base = |id: &str, h: f32| {
+        Plot::new(id)
+            .height(h)
+            .link_axis(link, [true, false])
+            .link_cursor(link, [true, false])
+            .y_axis_min_width(64.0)
+            .include_x(0.0)
+            .include_x(x_max)
+            .set_margin_fraction(egui::vec2(0.02, 0.12))
+            .allow_scroll(false)
+            .x_axis_formatter(|m, _| format!("{:.0}", m.value))
+    };
+    let best_line = |plot: &mut egui_plot::PlotUi<'_>| {
+        if let Some(b) = best {
+            plot.vline(
+                VLine::new(format!("kept: step {b}"), b as f64)
+                    .color(Color32::from_rgb(120, 120, 120))
+                    .style(egui_plot::LineStyle::dashed_loose()),
+            );
+        }
+    };
+    let loss_max = losses.iter().copied().fold(0.0, f64::max).max(1e-3);
+    base("loss", height)
+        .legend(Legend::default().position(Corner::RightTop))
         .include_y(0.0)
+        .include_y(loss_max * 1.15)
         .y_axis_label("loss")
+        .y_axis_formatter(|m, _| format!("{:.2}", m.value))
+        .label_formatter(|p| hover("loss", p, |v| format!("{v:.4}")))
         .show(ui, |plot| {
             let raw: PlotPoints = log.steps.iter().map(|s| [s.step as f64, s.loss]).collect();
             plot.line(
@@ -261,26 +394,28 @@ fn curves(ui: &mut egui::Ui, app: &View, smoothing: &mut f64) {
                     .color(Color32::from_rgb(40, 90, 200))
                     .width(2.0),
             );
+            best_line(plot);
         });
-    Plot::new("lr")
-        .height(height * 0.6)
-        .link_axis(link, [true, false])
-        .include_x(0.0)
-        .include_x(x_max)
+    let lr_max = log.steps.iter().map(|s| s.lr).fold(0.0, f64::max).max(1e-9);
+    base("lr", height * 0.6)
         .include_y(0.0)
+        .include_y(lr_max * 1.1)
         .y_axis_label("learning rate")
+        .y_axis_formatter(|m, _| format!("{:.1e}", m.value))
+        .label_formatter(|p| hover("learning rate", p, |v| format!("{v:.2e}")))
         .show(ui, |plot| {
             let pts: PlotPoints = log.steps.iter().map(|s| [s.step as f64, s.lr]).collect();
             plot.line(Line::new("learning rate", pts).color(Color32::from_rgb(200, 120, 40)));
+            best_line(plot);
         });
-    Plot::new("validation")
-        .height(height)
-        .legend(Legend::default())
-        .link_axis(link, [true, false])
-        .include_x(0.0)
-        .include_x(x_max)
+    base("validation", height)
+        .legend(Legend::default().position(Corner::RightBottom))
+        .include_y(0.0)
+        .include_y(1.0)
         .x_axis_label("step")
         .y_axis_label("validation")
+        .y_axis_formatter(|m, _| format!("{:.2}", m.value))
+        .label_formatter(|p| hover("validation", p, |v| format!("{v:.4}")))
         .show(ui, |plot| {
             for (key, color) in VAL_KEYS.iter().zip([
                 Color32::from_rgb(40, 160, 90),
@@ -299,5 +434,47 @@ fn curves(ui: &mut egui::Ui, app: &View, smoothing: &mut f64) {
                         .radius(3.0),
                 );
             }
+            if let Some(e) = log.best_eval() {
+                let v = e.metrics[BEST_METRIC];
+                plot.points(
+                    Points::new(
+                        format!("kept: step {}", e.step),
+                        PlotPoints::from(vec![[e.step as f64, v]]),
+                    )
+                    .shape(egui_plot::MarkerShape::Diamond)
+                    .radius(7.0)
+                    .color(Color32::from_rgb(20, 20, 20)),
+                );
+            }
+            best_line(plot);
         });
+}
+
+/// The hover read-out: the series, the step and the value near the pointer.
+fn hover(
+    axis: &str,
+    p: &egui_plot::HoverPosition<'_>,
+    fmt: impl Fn(f64) -> String,
+) -> Option<String> {
+    match p {
+        egui_plot::HoverPosition::NearDataPoint {
+            plot_name,
+            position,
+            ..
+        } => Some(format!(
+            "{}\nstep {:.0}\n{}",
+            if plot_name.is_empty() {
+                axis
+            } else {
+                plot_name
+            },
+            position.x,
+            fmt(position.y)
+        )),
+        egui_plot::HoverPosition::Elsewhere { position } => Some(format!(
+            "step {:.0}\n{axis} {}",
+            position.x,
+            fmt(position.y)
+        )),
+    }
 }

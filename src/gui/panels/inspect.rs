@@ -17,7 +17,8 @@ const OUTRANKING_SHOWN: usize = 20;
 /// A key for the filtered list, so it is recomputed only when something changes.
 fn filter_key(s: &InspectorState, has_ft: bool, has_split: bool) -> String {
     format!(
-        "{}|{:?}|{:?}|{}|{}|{}|{}",
+        "{}|{}|{:?}|{:?}|{}|{}|{}|{}",
+        s.by_fine_tuned && has_ft,
         s.wrong_only,
         s.flip,
         s.split,
@@ -37,11 +38,17 @@ pub(crate) fn filtered_rows(
     split_of: Option<&[SplitMark]>,
 ) -> Vec<usize> {
     let found = search.matches(&s.search);
-    let scores = &before.result.per_triplet;
+    let shown = match after {
+        Some(a) if s.by_fine_tuned => a,
+        _ => before,
+    };
+    let scores = &shown.result.per_triplet;
     let mut rows: Vec<usize> = (0..scores.len())
         .filter(|&i| !s.wrong_only || !scores[i].is_correct())
         .filter(|&i| match (s.flip, after) {
-            (Some(f), Some(a)) => Flip::of(&scores[i], &a.result.per_triplet[i]) == f,
+            (Some(f), Some(a)) => {
+                Flip::of(&before.result.per_triplet[i], &a.result.per_triplet[i]) == f
+            }
             _ => true,
         })
         .filter(|&i| found.get(i).copied().unwrap_or(true))
@@ -70,7 +77,14 @@ pub fn show(ui: &mut egui::Ui, app: &View, s: &mut InspectorState, cmds: &mut Co
         return;
     };
     let after = app.fine_tuned;
-    ui.horizontal(|ui| {
+    let split_of = app.experiments.split_of.as_deref();
+    ui.horizontal_wrapped(|ui| {
+        if after.is_some() {
+            ui.label("Values of");
+            ui.selectable_value(&mut s.by_fine_tuned, false, "zero-shot");
+            ui.selectable_value(&mut s.by_fine_tuned, true, "fine-tuned");
+            ui.separator();
+        }
         ui.checkbox(&mut s.wrong_only, "Wrong only");
         if after.is_some() {
             egui::ComboBox::from_label("Flip")
@@ -82,7 +96,6 @@ pub fn show(ui: &mut egui::Ui, app: &View, s: &mut InspectorState, cmds: &mut Co
                     }
                 });
         }
-        let split_of = app.experiments.split_of.as_deref();
         if split_of.is_some() {
             egui::ComboBox::from_label("Split")
                 .selected_text(s.split.map(|m| m.label()).unwrap_or("any"))
@@ -94,12 +107,12 @@ pub fn show(ui: &mut egui::Ui, app: &View, s: &mut InspectorState, cmds: &mut Co
                 });
         }
         let l = ui.label("Search");
-        ui.text_edit_singleline(&mut s.search).labelled_by(l.id);
+        ui.add(egui::TextEdit::singleline(&mut s.search).desired_width(140.0))
+            .labelled_by(l.id);
         ui.label("Sort by");
         ui.selectable_value(&mut s.sort_by_rank, false, "margin (worst first)");
         ui.selectable_value(&mut s.sort_by_rank, true, "rank of positive (worst first)");
     });
-    let split_of = app.experiments.split_of.as_deref();
     let key = filter_key(s, after.is_some(), split_of.is_some());
     if s.rows.as_ref().map(|(k, _)| k != &key).unwrap_or(true) {
         let search = app
@@ -110,64 +123,98 @@ pub fn show(ui: &mut egui::Ui, app: &View, s: &mut InspectorState, cmds: &mut Co
         s.rows = Some((key, rows));
     }
     let rows = s.rows.as_ref().map(|(_, r)| r.clone()).unwrap_or_default();
+    let shown = match after {
+        Some(a) if s.by_fine_tuned => a,
+        _ => before,
+    };
     ui.label(format!(
-        "{} of {} triplets",
+        "{} of {} triplets; margins and ranks of the {} model",
         rows.len(),
-        before.result.n_triplets
+        before.result.n_triplets,
+        if std::ptr::eq(shown.as_ref(), before.as_ref()) {
+            "zero-shot"
+        } else {
+            "fine-tuned"
+        }
     ));
-    // A fixed-width table on the left (it scrolls and clips), the details on the right.
-    let (width, height) = (ui.available_width(), ui.available_height());
-    ui.horizontal_top(|ui| {
-        ui.allocate_ui(egui::vec2(width * 0.45, height), |ui| {
-            ui.set_width(width * 0.45);
-            table(ui, &mut s.selected, &rows, before, data, split_of);
-        });
-        ui.separator();
-        ui.vertical(|ui| match s.selected {
-            Some(i) => details(ui, s, i, data, before, after, cmds),
-            None => {
-                ui.label("Select a triplet to see why it ranks as it does.");
-            }
-        });
-    });
+    // A triplet the filters hide leaves the detail pane.
+    let visible = s.selected.filter(|i| rows.contains(i));
+    // The details in a resizable pane: at the right, or below the list in narrow windows.
+    let width = ui.available_width();
+    let detail = |ui: &mut egui::Ui, s: &mut InspectorState, cmds: &mut Commands| match visible {
+        Some(i) => details(ui, s, i, data, before, after, cmds),
+        None => {
+            ui.add(
+                egui::Label::new(match s.selected {
+                    Some(i) => format!(
+                        "Triplet {i} is hidden by the filters: clear them to see it again, or select another."
+                    ),
+                    None => "Select a triplet to see why it ranks as it does.".into(),
+                })
+                .wrap(),
+            );
+        }
+    };
+    if width < 700.0 {
+        egui::Panel::bottom("inspect_details")
+            .resizable(true)
+            .default_size(ui.available_height() * 0.55)
+            .size_range(80.0..=ui.available_height() - 60.0)
+            .show(ui, |ui| detail(ui, s, cmds));
+    } else {
+        egui::Panel::right("inspect_details")
+            .resizable(true)
+            .default_size(width * 0.5)
+            .size_range(240.0..=width - 220.0)
+            .show(ui, |ui| detail(ui, s, cmds));
+    }
+    table(ui, s, &rows, shown, data, split_of);
 }
 
 fn table(
     ui: &mut egui::Ui,
-    selected: &mut Option<usize>,
+    s: &mut InspectorState,
     rows: &[usize],
     eval: &Evaluation,
     data: &Dataset,
     split_of: Option<&[SplitMark]>,
 ) {
     let row_h = ui.text_style_height(&egui::TextStyle::Body) + 6.0;
-    egui::ScrollArea::vertical()
+    let mut area = egui::ScrollArea::vertical()
         .id_salt("inspector_rows")
-        .show_rows(ui, row_h, rows.len(), |ui, range| {
-            egui::Grid::new("inspector_grid")
-                .striped(true)
-                .num_columns(4)
-                .show(ui, |ui| {
-                    for &i in &rows[range] {
-                        let s = &eval.result.per_triplet[i];
-                        let mark = if s.is_correct() { "right" } else { "wrong" };
-                        let split = split_of.map_or("", |m| match m[i] {
-                            SplitMark::Train => " (train)",
-                            SplitMark::HeldOut => " (held-out)",
-                        });
-                        let text = format!("{mark} #{i}{split}");
-                        if ui.selectable_label(*selected == Some(i), text).clicked() {
-                            *selected = Some(i);
-                        }
-                        ui.label(format!("margin {:+.3}", s.margin));
-                        ui.label(format!("pos rank {}", s.rank_pos));
-                        ui.label(super::preview(&data.triplets[i].query, 48));
-                        ui.end_row();
-                    }
-                });
-        });
+        .auto_shrink([false, false]);
+    if std::mem::take(&mut s.scroll_to_selected) {
+        if let Some(k) = s.selected.and_then(|i| rows.iter().position(|&r| r == i)) {
+            let spacing = ui.spacing().item_spacing.y;
+            area =
+                area.vertical_scroll_offset(((row_h + spacing) * k as f32 - 3.0 * row_h).max(0.0));
+        }
+    }
+    area.show_rows(ui, row_h, rows.len(), |ui, range| {
+        for &i in &rows[range] {
+            let sc = &eval.result.per_triplet[i];
+            let mark = if sc.is_correct() { "right" } else { "wrong" };
+            let split = split_of.map_or("", |m| match m[i] {
+                SplitMark::Train => ", train",
+                SplitMark::HeldOut => ", held-out",
+            });
+            let text = format!(
+                "{mark} #{i}{split} | margin {:+.3} | pos rank {} | {}",
+                sc.margin,
+                sc.rank_pos,
+                super::preview(&data.triplets[i].query, 80)
+            );
+            // The whole row is the button.
+            let r = ui.add_sized(
+                [ui.available_width(), row_h],
+                egui::Button::selectable(s.selected == Some(i), text).truncate(),
+            );
+            if r.clicked() {
+                s.selected = Some(i);
+            }
+        }
+    });
 }
-
 fn details(
     ui: &mut egui::Ui,
     s: &mut InspectorState,
@@ -183,9 +230,11 @@ fn details(
     egui::ScrollArea::vertical()
         .id_salt("inspector_details")
         .show(ui, |ui| {
-            ui.heading(format!(
-                "Triplet {i} (row {} of the file)",
-                data.source_rows[i]
+            ui.heading(format!("Triplet {i}"));
+            ui.weak(format!(
+                "{} of {} (rows 0-based as the CLI and the exports number them, lines 1-based)",
+                data.location(i),
+                data.path.display()
             ));
             let evals: Vec<(&str, &Arc<Evaluation>)> = std::iter::once(("zero-shot", before))
                 .chain(after.map(|a| ("fine-tuned", a)))
@@ -265,10 +314,15 @@ fn details(
                     } else {
                         &data.triplets[ti].pos
                     };
+                    let q = e.index.query_of_triplet[i];
                     let own = if doc == e.index.neg_doc[i] {
-                        " (this triplet's negative)"
+                        "this triplet's negative".to_string()
+                    } else if is_neg {
+                        format!("negative of triplet {ti}")
+                    } else if e.index.relevant[q].contains(&doc) {
+                        format!("another positive of this query (triplet {ti})")
                     } else {
-                        ""
+                        format!("positive of triplet {ti}")
                     };
                     ui.horizontal_wrapped(|ui| {
                         if ui
@@ -278,7 +332,13 @@ fn details(
                         {
                             commands.push(Command::Inspect(ti));
                         }
-                        ui.label(format!("{score:.4}{own}: {}", super::preview(text, 160)));
+                        ui.add(
+                            egui::Label::new(format!(
+                                "{score:.4}, {own}: {}",
+                                super::preview(text, 160)
+                            ))
+                            .wrap(),
+                        );
                     });
                 }
             }
