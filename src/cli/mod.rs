@@ -433,6 +433,22 @@ pub struct GuiArgs {
     /// Folder to save fine-tuned models to.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Window size in points, WIDTHxHEIGHT [default: 1400x900].
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<[f32; 2]>,
+}
+
+fn parse_size(s: &str) -> Result<[f32; 2], String> {
+    let bad = || format!("`{s}` is not a size like 1600x1000");
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    let (w, h): (f32, f32) = (
+        w.trim().parse().map_err(|_| bad())?,
+        h.trim().parse().map_err(|_| bad())?,
+    );
+    if !(320.0..=8192.0).contains(&w) || !(240.0..=8192.0).contains(&h) {
+        return Err(format!("`{s}`: a window from 320x240 to 8192x8192"));
+    }
+    Ok([w, h])
 }
 
 fn parse_tab(s: &str) -> Result<crate::gui::Tab, String> {
@@ -456,6 +472,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             inspect: args.inspect,
             fine_tune_out: args.out,
             recovery_dir: None,
+            window_size: args.size,
         }),
         Command::Embed(args) => eval::embed(&args),
         Command::Eval(args) => eval::eval(&args),

@@ -14,7 +14,7 @@ pub fn run(options: AppOptions) -> anyhow::Result<()> {
         renderer: eframe::Renderer::Glow,
         viewport: eframe::egui::ViewportBuilder::default()
             .with_title("tripletlab")
-            .with_inner_size([1400.0, 900.0])
+            .with_inner_size(options.window_size.unwrap_or([1400.0, 900.0]))
             .with_drag_and_drop(true),
         ..Default::default()
     };

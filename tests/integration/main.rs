@@ -7,6 +7,7 @@ mod common;
 mod data_files;
 mod experiments;
 mod gui;
+mod gui_flows;
 mod gui_layout;
 mod layering;
 mod metrics_reference;

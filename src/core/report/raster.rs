@@ -199,8 +199,13 @@ pub fn heatmap(
 
 /// Around five round tick values covering [lo, hi].
 pub fn ticks(lo: f64, hi: f64) -> Vec<f64> {
+    ticks_n(lo, hi, 5)
+}
+
+/// Around `n` round tick values covering [lo, hi].
+pub fn ticks_n(lo: f64, hi: f64, n: usize) -> Vec<f64> {
     let span = (hi - lo).abs().max(1e-12);
-    let raw = span / 5.0;
+    let raw = span / n.max(1) as f64;
     let mag = 10f64.powf(raw.log10().floor());
     let step = [1.0, 2.0, 2.5, 5.0, 10.0]
         .iter()

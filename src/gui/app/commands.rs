@@ -209,7 +209,7 @@ impl App {
                     return;
                 }
                 // Without a session bus no portal can answer: ask for the path straight away.
-                if !has_session_bus() {
+                if !self.file_dialogs {
                     self.ask_for_path(
                         target,
                         "No file dialog is available here (no desktop portal): type the path",
@@ -518,7 +518,7 @@ impl App {
 
 /// True when a D-Bus session bus can be reached (where desktop portals answer): its address in
 /// the environment, or systemd's socket in the runtime folder.
-fn has_session_bus() -> bool {
+pub(super) fn has_session_bus() -> bool {
     std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some()
         || std::env::var_os("XDG_RUNTIME_DIR")
             .is_some_and(|d| std::path::Path::new(&d).join("bus").exists())

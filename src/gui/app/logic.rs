@@ -322,8 +322,10 @@ impl App {
         self.heatmap.cache.clear();
         self.heatmap.row0 = 0;
         self.heatmap.col0 = 0;
+        let selected = self.pending_inspect.take();
         self.inspector = InspectorState {
-            selected: self.pending_inspect.take(),
+            selected,
+            scroll_to_selected: selected.is_some(),
             ..Default::default()
         };
         self.experiments = Default::default();

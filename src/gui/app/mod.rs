@@ -82,6 +82,9 @@ pub struct App {
     pub mining_review: MiningReview,
     /// Window layout choices (the model sidebar).
     pub layout: LayoutState,
+    /// Whether Open.../Browse... try the desktop's file dialog (a session bus is there) before
+    /// the path field.
+    pub file_dialogs: bool,
     /// The next free numbered output folder next to the data file.
     next_output_dir: Option<PathBuf>,
     load_job: Option<JobHandle<(), (Dataset, DataStats, TextSearch), DataError>>,
@@ -181,6 +184,7 @@ impl App {
             mining: Mining::default(),
             mining_review: MiningReview::default(),
             layout: LayoutState::default(),
+            file_dialogs: commands::has_session_bus(),
             next_output_dir: None,
             load_job: None,
             embed_job: None,

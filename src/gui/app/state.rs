@@ -36,6 +36,8 @@ pub struct AppOptions {
     /// Where a trained model that is not saved yet goes when the window closes (else
     /// [`default_recovery_dir`]).
     pub recovery_dir: Option<PathBuf>,
+    /// The window's size in points (else 1400 x 900).
+    pub window_size: Option<[f32; 2]>,
 }
 
 /// Prompt choice as the settings store it.

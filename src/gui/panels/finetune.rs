@@ -5,10 +5,11 @@ use eframe::egui::{self, Color32, RichText};
 use egui_plot::{Corner, Legend, Line, Plot, PlotPoints, Points, VLine};
 
 use crate::core::data::Dataset;
+use crate::core::report::raster::tick_label;
 use crate::core::train::LossKind;
 use crate::core::train::{planned_steps, split_rows_by_query, warmup_steps, BEST_METRIC};
 use crate::gui::app::{Command, Commands, DialogTarget, JobKind, LayoutState, Settings, View};
-use crate::gui::plots::debiased_ema;
+use crate::gui::plots::{debiased_ema, round_marks};
 use crate::gui::widgets::format_secs;
 
 /// Validation metrics drawn on the curve.
@@ -72,7 +73,12 @@ pub fn show(
             // One line for the whole run: its phase, the phase's own progress, the time left.
             let (phase, eta) = app.train_log.overall();
             let mut text = phase;
-            if let Some(p) = &app.train_log.progress {
+            if let Some(p) = app
+                .train_log
+                .progress
+                .as_ref()
+                .filter(|p| p.stage != "training")
+            {
                 text.push_str(&format!(": {} {}/{} {}", p.stage, p.done, p.total, p.unit));
             }
             match eta {
@@ -359,6 +365,7 @@ fn curves(ui: &mut egui::Ui, app: &View, smoothing: &mut f64) {
             .include_x(x_max)
             .set_margin_fraction(egui::vec2(0.02, 0.12))
             .allow_scroll(false)
+            .y_grid_spacer(|g| round_marks(g, 4))
             .x_axis_formatter(|m, _| format!("{:.0}", m.value))
     };
     let best_line = |plot: &mut egui_plot::PlotUi<'_>| {
@@ -374,9 +381,10 @@ fn curves(ui: &mut egui::Ui, app: &View, smoothing: &mut f64) {
     base("loss", height)
         .legend(Legend::default().position(Corner::RightTop))
         .include_y(0.0)
-        .include_y(loss_max * 1.15)
+        // Head room: the legend sits above the curves, never on them.
+        .include_y(loss_max * 1.6)
         .y_axis_label("loss")
-        .y_axis_formatter(|m, _| format!("{:.2}", m.value))
+        .y_axis_formatter(|m, _| tick_label(m.value, m.step_size))
         .label_formatter(|p| hover("loss", p, |v| format!("{v:.4}")))
         .show(ui, |plot| {
             let raw: PlotPoints = log.steps.iter().map(|s| [s.step as f64, s.loss]).collect();
@@ -401,20 +409,34 @@ fn curves(ui: &mut egui::Ui, app: &View, smoothing: &mut f64) {
         .include_y(0.0)
         .include_y(lr_max * 1.1)
         .y_axis_label("learning rate")
-        .y_axis_formatter(|m, _| format!("{:.1e}", m.value))
+        .y_axis_formatter(|m, _| {
+            if m.value == 0.0 {
+                "0".into()
+            } else {
+                format!("{:.1e}", m.value)
+            }
+        })
         .label_formatter(|p| hover("learning rate", p, |v| format!("{v:.2e}")))
         .show(ui, |plot| {
             let pts: PlotPoints = log.steps.iter().map(|s| [s.step as f64, s.lr]).collect();
             plot.line(Line::new("learning rate", pts).color(Color32::from_rgb(200, 120, 40)));
             best_line(plot);
         });
+    let val_values = || {
+        log.evals
+            .iter()
+            .flat_map(|e| VAL_KEYS.iter().filter_map(|k| e.metrics.get(*k).copied()))
+    };
+    let val_lo = val_values().fold(1.0, f64::min);
+    let val_hi = val_values().fold(val_lo, f64::max);
     base("validation", height)
         .legend(Legend::default().position(Corner::RightBottom))
-        .include_y(0.0)
-        .include_y(1.0)
+        .include_y(val_hi)
+        // Foot room: the legend sits below the curves, never on them.
+        .include_y(val_lo - 0.8 * (val_hi - val_lo).max(0.02))
         .x_axis_label("step")
         .y_axis_label("validation")
-        .y_axis_formatter(|m, _| format!("{:.2}", m.value))
+        .y_axis_formatter(|m, _| tick_label(m.value, m.step_size))
         .label_formatter(|p| hover("validation", p, |v| format!("{v:.4}")))
         .show(ui, |plot| {
             for (key, color) in VAL_KEYS.iter().zip([

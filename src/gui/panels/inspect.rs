@@ -179,7 +179,10 @@ fn table(
     data: &Dataset,
     split_of: Option<&[SplitMark]>,
 ) {
-    let row_h = ui.text_style_height(&egui::TextStyle::Body) + 6.0;
+    // A selectable button's own height, so the rows' layout and the scroll arithmetic agree.
+    let row_h = (ui.text_style_height(&egui::TextStyle::Body)
+        + 2.0 * ui.spacing().button_padding.y)
+        .max(ui.spacing().interact_size.y);
     let mut area = egui::ScrollArea::vertical()
         .id_salt("inspector_rows")
         .auto_shrink([false, false]);

@@ -35,6 +35,25 @@ pub fn heatmap_image(values: &[f32], rows: usize, cols: usize, lo: f32, hi: f32)
     ColorImage::new([cols, rows], pixels)
 }
 
+/// Grid marks at about `n` round values across the visible range, all of one step: every mark
+/// gets its tick label (egui_plot's default spacer labels only the coarsest marks, which can
+/// leave an axis with a single "0").
+pub fn round_marks(input: egui_plot::GridInput, n: usize) -> Vec<egui_plot::GridMark> {
+    let (lo, hi) = input.bounds;
+    let values = crate::core::report::raster::ticks_n(lo, hi, n);
+    let step = match values.as_slice() {
+        [a, b, ..] => b - a,
+        _ => (hi - lo).abs().max(1e-12),
+    };
+    values
+        .into_iter()
+        .map(|value| egui_plot::GridMark {
+            value,
+            step_size: step,
+        })
+        .collect()
+}
+
 /// Exponential moving average with bias correction (as TensorBoard's smoothing):
 /// s_t = w·s_{t−1} + (1−w)·x_t, reported as s_t / (1 − w^t).
 pub fn debiased_ema(values: &[f64], weight: f64) -> Vec<f64> {
@@ -57,6 +76,20 @@ mod tests {
         let s = debiased_ema(&[2.0, 2.0, 2.0], 0.9);
         assert!(s.iter().all(|v| (v - 2.0).abs() < 1e-12), "{s:?}");
         assert_eq!(debiased_ema(&[1.0, 3.0], 0.0), vec![1.0, 3.0]);
+    }
+
+    #[test]
+    fn round_marks_label_a_narrow_range() {
+        let marks = round_marks(
+            egui_plot::GridInput {
+                bounds: (-0.07, 0.11),
+                base_step_size: 1e-4,
+            },
+            6,
+        );
+        let values: Vec<f64> = marks.iter().map(|m| (m.value * 100.0).round()).collect();
+        assert_eq!(values, [-5.0, 0.0, 5.0, 10.0]);
+        assert!(marks.iter().all(|m| (m.step_size - 0.05).abs() < 1e-12));
     }
 
     #[test]

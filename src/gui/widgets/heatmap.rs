@@ -321,7 +321,7 @@ pub(crate) fn legend(
             egui::StrokeKind::Inside,
         );
         let (lo, hi) = (scale.0 as f64, scale.1 as f64);
-        let ticks = raster::ticks(lo, hi);
+        let ticks = raster::ticks_n(lo, hi, 8);
         let step = if ticks.len() > 1 {
             ticks[1] - ticks[0]
         } else {
@@ -510,7 +510,7 @@ pub(crate) fn window_png(
         );
     }
     let (lo, hi) = (scale.0 as f64, scale.1 as f64);
-    let ticks = raster::ticks(lo, hi);
+    let ticks = raster::ticks_n(lo, hi, 8);
     let step = if ticks.len() > 1 {
         ticks[1] - ticks[0]
     } else {

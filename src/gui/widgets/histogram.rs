@@ -6,6 +6,8 @@ use eframe::egui::{self, Color32};
 use egui_plot::{Bar, BarChart, Corner, Legend, Plot, VLine};
 
 use crate::core::metrics::{histogram, EvalResult};
+use crate::core::report::raster::tick_label;
+use crate::gui::plots::round_marks;
 
 /// Bins of the margin histogram.
 const BINS: usize = 40;
@@ -29,12 +31,14 @@ pub(crate) fn margin_histogram(ui: &mut egui::Ui, series: &[(&str, &EvalResult, 
         .x_axis_label("margin cos(q,pos) - cos(q,neg)")
         .y_axis_label("triplets")
         .y_axis_min_width(40.0)
-        .x_axis_formatter(|m, _| format!("{:.2}", m.value))
+        .x_grid_spacer(|g| round_marks(g, 6))
+        .y_grid_spacer(|g| round_marks(g, 5))
+        .x_axis_formatter(|m, _| tick_label(m.value, m.step_size))
         .y_axis_formatter(|m, _| {
             if m.value.fract() == 0.0 && m.value >= 0.0 {
                 format!("{:.0}", m.value)
             } else {
-                String::new()
+                tick_label(m.value, m.step_size)
             }
         })
         .include_x(lo)
