@@ -98,7 +98,10 @@ pub fn show(
         cmds.push(Command::SaveTrained);
     }
     past_runs(ui, app, cmds);
-    curves(ui, app, &mut s.smoothing);
+    // The three plots keep a readable height; in small windows they scroll.
+    egui::ScrollArea::vertical()
+        .id_salt("fine_tune_curves")
+        .show(ui, |ui| curves(ui, app, &mut s.smoothing));
 }
 
 fn settings(ui: &mut egui::Ui, app: &View, s: &mut Settings, cmds: &mut Commands) {
@@ -350,7 +353,7 @@ fn curves(ui: &mut egui::Ui, app: &View, smoothing: &mut f64) {
     }
     let x_max = log.total_steps.max(1) as f64;
     let link = ui.scope_id().with("train_x");
-    let height = ((ui.available_height() - 30.0) / 2.6).max(110.0);
+    let height = ((ui.available_height() - 60.0) / 2.6).max(110.0);
     let losses: Vec<f64> = log.steps.iter().map(|s| s.loss).collect();
     let smooth = debiased_ema(&losses, *smoothing);
     // Every plot: the same x range, left margin and hover read-out; room above and below the
@@ -377,7 +380,12 @@ fn curves(ui: &mut egui::Ui, app: &View, smoothing: &mut f64) {
             );
         }
     };
-    let loss_max = losses.iter().copied().fold(0.0, f64::max).max(1e-3);
+    // Before the first step: 0..1, not a placeholder range.
+    let loss_max = if losses.is_empty() {
+        1.0
+    } else {
+        losses.iter().copied().fold(0.0, f64::max).max(1e-3)
+    };
     base("loss", height)
         .legend(Legend::default().position(Corner::RightTop))
         .include_y(0.0)
@@ -404,7 +412,11 @@ fn curves(ui: &mut egui::Ui, app: &View, smoothing: &mut f64) {
             );
             best_line(plot);
         });
-    let lr_max = log.steps.iter().map(|s| s.lr).fold(0.0, f64::max).max(1e-9);
+    let lr_max = if log.steps.is_empty() {
+        1e-4
+    } else {
+        log.steps.iter().map(|s| s.lr).fold(0.0, f64::max).max(1e-9)
+    };
     base("lr", height * 0.6)
         .include_y(0.0)
         .include_y(lr_max * 1.1)
@@ -422,6 +434,8 @@ fn curves(ui: &mut egui::Ui, app: &View, smoothing: &mut f64) {
             plot.line(Line::new("learning rate", pts).color(Color32::from_rgb(200, 120, 40)));
             best_line(plot);
         });
+    // The kept checkpoint's marker, in the text colour (visible on light and dark themes).
+    let marker = ui.visuals().strong_text_color();
     let val_values = || {
         log.evals
             .iter()
@@ -465,7 +479,8 @@ fn curves(ui: &mut egui::Ui, app: &View, smoothing: &mut f64) {
                     )
                     .shape(egui_plot::MarkerShape::Diamond)
                     .radius(7.0)
-                    .color(Color32::from_rgb(20, 20, 20)),
+                    .filled(false)
+                    .color(marker),
                 );
             }
             best_line(plot);

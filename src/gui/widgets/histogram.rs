@@ -32,15 +32,14 @@ pub(crate) fn margin_histogram(ui: &mut egui::Ui, series: &[(&str, &EvalResult, 
         .y_axis_label("triplets")
         .y_axis_min_width(40.0)
         .x_grid_spacer(|g| round_marks(g, 6))
-        .y_grid_spacer(|g| round_marks(g, 5))
-        .x_axis_formatter(|m, _| tick_label(m.value, m.step_size))
-        .y_axis_formatter(|m, _| {
-            if m.value.fract() == 0.0 && m.value >= 0.0 {
-                format!("{:.0}", m.value)
-            } else {
-                tick_label(m.value, m.step_size)
-            }
+        // Counts: whole numbers only.
+        .y_grid_spacer(|g| {
+            let mut marks = round_marks(g, 5);
+            marks.retain(|m| m.value.fract() == 0.0);
+            marks
         })
+        .x_axis_formatter(|m, _| tick_label(m.value, m.step_size))
+        .y_axis_formatter(|m, _| format!("{:.0}", m.value))
         .include_x(lo)
         .include_x(hi)
         .include_y(0.0)
