@@ -148,6 +148,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::format_bytes;
+
+    #[test]
+    fn sizes_are_written_in_the_largest_whole_unit() {
+        for (n, text) in [
+            (0, "0 bytes"),
+            (1023, "1023 bytes"),
+            (1024, "1 kB"),
+            ((1 << 20) - 1, "1024 kB"),
+            (1 << 20, "1 MiB"),
+            (64 << 20, "64 MiB"),
+            ((1 << 30) - 1, "1024 MiB"),
+            (1 << 30, "1.0 GiB"),
+            (3 << 29, "1.5 GiB"),
+        ] {
+            assert_eq!(format_bytes(n), text, "{n} bytes");
+        }
+    }
+
     use super::*;
 
     #[test]
