@@ -545,3 +545,17 @@ fn load_data(path: &std::path::Path) -> anyhow::Result<Dataset> {
     }
     Ok(data)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn window_sizes_are_parsed_and_bounded() {
+        assert_eq!(parse_size("1600x1000"), Ok([1600.0, 1000.0]));
+        assert_eq!(parse_size("800X500"), Ok([800.0, 500.0]));
+        for bad in ["big", "800", "800x", "100x100", "9000x500", "-800x500"] {
+            assert!(parse_size(bad).is_err(), "{bad} was accepted");
+        }
+    }
+}
