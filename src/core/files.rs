@@ -148,7 +148,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::format_bytes;
+    use super::{format_bytes, memory_available_bytes};
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn available_memory_is_meminfos_figure_in_bytes() {
+        let text = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let kib: u64 = text
+            .lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let got = memory_available_bytes().expect("Linux has /proc/meminfo");
+        // It moves between the two reads: within 10 %, and in bytes (not KiB).
+        let want = kib * 1024;
+        assert!(
+            got.abs_diff(want) <= want / 10,
+            "{got} bytes vs MemAvailable {kib} KiB"
+        );
+    }
 
     #[test]
     fn sizes_are_written_in_the_largest_whole_unit() {

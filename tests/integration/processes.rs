@@ -81,10 +81,15 @@ fn save_loop_child() {
     }
 }
 
+/// The names in `dir` other than the target. A running saver renames and removes its partial
+/// folders while they are looked at: a folder or entry gone meanwhile is simply not listed.
 fn leftovers(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().to_string())
         .filter(|n| n != "model")
         .collect()
 }
