@@ -359,6 +359,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_metric_has_its_plain_label_and_its_trap_noted() {
+        for (key, label) in [
+            ("cosine_accuracy", "share of triplets ranked right"),
+            ("cosine_accuracy@5", "positives in top 5"),
+            ("cosine_precision@10", "precision at 10"),
+            ("cosine_recall@3", "recall at 3"),
+            ("cosine_mrr@10", "mean reciprocal rank (top 10)"),
+            ("cosine_ndcg@10", "nDCG (top 10)"),
+            ("cosine_map@100", "mean average precision (top 100)"),
+            ("neg_in_top_5", "negatives in top 5 (lower is better)"),
+        ] {
+            assert_eq!(metric_label(key), label, "{key}");
+        }
+        for (key, says) in [
+            ("cosine_accuracy", "notebook's count"),
+            ("cosine_accuracy@5", "equals recall@5"),
+            ("cosine_precision@10", "at most 1/10"),
+            ("cosine_recall@3", "equals accuracy@3"),
+            ("cosine_mrr@10", "1/rank"),
+            ("cosine_ndcg@10", "discounted cumulative gain"),
+            ("cosine_map@100", "average precision"),
+            ("neg_in_top_5", "top 5 among all documents: lower is better"),
+        ] {
+            assert!(metric_note(key).contains(says), "{key}: {}", metric_note(key));
+        }
+        // Every key the tables show has a label of its own.
+        let labels: std::collections::HashSet<String> =
+            metric_keys().iter().map(|k| metric_label(k)).collect();
+        assert_eq!(labels.len(), metric_keys().len());
+    }
+
+    #[test]
     fn ties_go_to_the_lower_index() {
         let row = [0.5f32, 0.9, 0.5, 0.1];
         let exact = |j: usize| row[j] as f64;
