@@ -10,7 +10,6 @@ mod gui;
 mod gui_flows;
 mod gui_layout;
 mod layering;
-mod metrics_reference;
 mod mining;
 mod model_folders;
 mod processes;

@@ -355,6 +355,9 @@ fn query_values(r: &[usize]) -> Vec<f64> {
 }
 
 #[cfg(test)]
+mod reference_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -382,7 +385,11 @@ mod tests {
             ("cosine_map@100", "average precision"),
             ("neg_in_top_5", "top 5 among all documents: lower is better"),
         ] {
-            assert!(metric_note(key).contains(says), "{key}: {}", metric_note(key));
+            assert!(
+                metric_note(key).contains(says),
+                "{key}: {}",
+                metric_note(key)
+            );
         }
         // Every key the tables show has a label of its own.
         let labels: std::collections::HashSet<String> =

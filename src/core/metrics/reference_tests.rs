@@ -1,12 +1,20 @@
 //! The metric functions alone, on sentence-transformers' stored embeddings of patents-dev.json:
-//! every metric and every per-triplet row equals `reference_metrics.py`'s output to 1e-6.
+//! every metric and every per-triplet row equals `reference_metrics.py`'s output (and
+//! sentence-transformers' own evaluators). Unit tests, so that `cargo mutants -- --lib` runs
+//! them against every mutant of the metrics.
 
-use tripletlab::core::data::load_triplets;
-use tripletlab::core::embeddings::Embeddings;
-use tripletlab::core::metrics::{evaluate, metric_keys, RetrievalIndex};
-use tripletlab::core::report::read_npy_f32;
+use std::path::{Path, PathBuf};
 
-use crate::common::fixture;
+use crate::core::data::load_triplets;
+use crate::core::embeddings::Embeddings;
+use crate::core::metrics::{evaluate, metric_keys, RetrievalIndex};
+use crate::core::report::read_npy_f32;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
 
 #[test]
 fn metrics_equal_the_reference() {
@@ -93,7 +101,7 @@ fn metrics_equal_the_reference() {
 /// `quantize_embeddings` definitions) for int8 and binary at 384, int8 at 128, float32 at 256.
 #[test]
 fn quantised_cells_equal_the_reference() {
-    use tripletlab::core::metrics::quantize::{evaluate_cell, Precision};
+    use crate::core::metrics::quantize::{evaluate_cell, Precision};
     let data = load_triplets(&fixture("patents-dev.json")).unwrap();
     let emb = read_npy_f32(&fixture("patents-dev-minilm-seq256.npy")).unwrap();
     let n = data.len();
