@@ -239,35 +239,21 @@ fn heatmaps(
     let diff_scale = (-reach, reach);
     band_key(ui, view);
     ui.horizontal_wrapped(|ui| {
-        if ui.button("Save zero-shot PNG...").clicked() {
-            cmds.push(Command::SavePng(window_png(
-                &a,
-                rows,
-                cols,
-                (view, row0, col0),
-                scale,
-                viridis_rgb,
-            )));
-        }
-        if ui.button("Save fine-tuned PNG...").clicked() {
-            cmds.push(Command::SavePng(window_png(
-                &b,
-                rows,
-                cols,
-                (view, row0, col0),
-                scale,
-                viridis_rgb,
-            )));
-        }
-        if ui.button("Save difference PNG...").clicked() {
-            cmds.push(Command::SavePng(window_png(
+        let maps: [PngButton; 3] = [
+            ("Save zero-shot PNG...", &a, scale, viridis_rgb),
+            ("Save fine-tuned PNG...", &b, scale, viridis_rgb),
+            (
+                "Save difference PNG...",
                 &diff,
-                rows,
-                cols,
-                (view, row0, col0),
                 diff_scale,
                 raster::diverging,
-            )));
+            ),
+        ];
+        for (label, values, range, map) in maps {
+            if ui.button(label).clicked() {
+                let png = window_png(values, rows, cols, (view, row0, col0), range, map);
+                cmds.push(Command::SavePng(png));
+            }
         }
     });
     let per_row = if ui.available_width() > 1150.0 {
@@ -345,6 +331,9 @@ fn heatmaps(
         cmds.push(c);
     }
 }
+
+/// A Save PNG button: its label, the window's values, their colour scale and map.
+type PngButton<'a> = (&'a str, &'a [f32], (f32, f32), fn(f32) -> raster::Rgb);
 
 /// The diverging map as egui colours: blue (lower after fine-tuning), white, red (higher).
 fn diverging_color(t: f32) -> Color32 {

@@ -321,12 +321,7 @@ pub(crate) fn legend(
             egui::StrokeKind::Inside,
         );
         let (lo, hi) = (scale.0 as f64, scale.1 as f64);
-        let ticks = raster::ticks_n(lo, hi, 8);
-        let step = if ticks.len() > 1 {
-            ticks[1] - ticks[0]
-        } else {
-            hi - lo
-        };
+        let (ticks, step) = colour_bar_ticks(lo, hi);
         let font = FontId::proportional(10.0);
         for v in ticks {
             let y = bar.bottom() - ((v - lo) / (hi - lo).max(1e-12)) as f32 * bar.height();
@@ -510,12 +505,7 @@ pub(crate) fn window_png(
         );
     }
     let (lo, hi) = (scale.0 as f64, scale.1 as f64);
-    let ticks = raster::ticks_n(lo, hi, 8);
-    let step = if ticks.len() > 1 {
-        ticks[1] - ticks[0]
-    } else {
-        hi - lo
-    };
+    let (ticks, step) = colour_bar_ticks(lo, hi);
     for v in ticks {
         let y = by + bh - (((v - lo) / (hi - lo).max(1e-12)) * bh as f64) as i64;
         c.rect(bx + 16, y, bx + 21, y + 1, [0, 0, 0]);
@@ -528,4 +518,14 @@ pub(crate) fn window_png(
 pub(crate) fn viridis_rgb(t: f32) -> Rgb {
     let c = colormap(t);
     [c.r(), c.g(), c.b()]
+}
+
+/// The colour bar's round tick values over [lo, hi] and their step (for the labels' digits).
+fn colour_bar_ticks(lo: f64, hi: f64) -> (Vec<f64>, f64) {
+    let ticks = raster::ticks_n(lo, hi, 8);
+    let step = match ticks.as_slice() {
+        [a, b, ..] => b - a,
+        _ => hi - lo,
+    };
+    (ticks, step)
 }
