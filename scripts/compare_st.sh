@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs `tripletlab bench` and the same measurements with sentence-transformers (scripts/st_bench.py)
-# on the same model folder and triplet file, alternating the two tools ROUNDS times so machine noise
-# hits both, and prints each figure's median and the ratio.
+# on the same model folder and triplet file, both ways: f32, and the fast mode (tripletlab
+# `--compute bf16`; sentence-transformers with torch_dtype=bfloat16 for embedding and bf16=True
+# for training), alternating the four runs ROUNDS times so machine noise hits all of them, and
+# prints each figure's median and every ratio. Where this CPU has no AVX512-BF16, tripletlab's
+# bf16 runs are left out (the bench says why).
 # Usage: scripts/compare_st.sh [DATA] [ROUNDS] [extra bench args, e.g. --embed-limit 600]
 # The Python side lives in a virtual environment ($ST_VENV, default ~/.cache/tripletlab/st-venv),
 # created on first use with CPU torch and sentence-transformers from PyPI.
@@ -22,32 +25,51 @@ cargo build -q
 BIN="${CARGO_TARGET_DIR:-target}/debug/tripletlab"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+BF16=1
+"$BIN" bench --model "$MODEL" --data "$DATA" --compute bf16 --skip-embed --skip-cached --train-steps 0 \
+  >/dev/null 2>"$WORK/probe.txt" || { BF16=0; echo "note: $(tail -1 "$WORK/probe.txt")" >&2; }
 for r in $(seq 1 "$ROUNDS"); do
-  echo "round $r: tripletlab" >&2
-  "$BIN" bench --model "$MODEL" --data "$DATA" --skip-cached --json "$WORK/tl-$r.json" "$@"
-  echo "round $r: sentence-transformers" >&2
-  "$VENV/bin/python" scripts/st_bench.py --model "$MODEL" --data "$DATA" --json "$WORK/st-$r.json" "$@"
+  for mode in f32 bf16; do
+    if [ "$mode" = f32 ] || [ "$BF16" = 1 ]; then
+      echo "round $r: tripletlab $mode" >&2
+      "$BIN" bench --model "$MODEL" --data "$DATA" --skip-cached --compute "$mode" --json "$WORK/tl-$mode-$r.json" "$@"
+    fi
+    echo "round $r: sentence-transformers $mode" >&2
+    "$VENV/bin/python" scripts/st_bench.py --model "$MODEL" --data "$DATA" --compute "$mode" --json "$WORK/st-$mode-$r.json" "$@"
+  done
 done
 python3 - "$WORK" "$ROUNDS" <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
 work, rounds = sys.argv[1], int(sys.argv[2])
-tl = [json.load(open(f"{work}/tl-{r}.json")) for r in range(1, rounds + 1)]
-st = [json.load(open(f"{work}/st-{r}.json")) for r in range(1, rounds + 1)]
-def med(runs, *path):
+def runs(tool, mode):
+    paths = [f"{work}/{tool}-{mode}-{r}.json" for r in range(1, rounds + 1)]
+    return [json.load(open(p)) for p in paths if os.path.exists(p)]
+def med(rs, *path):
     vals = []
-    for x in runs:
+    for x in rs:
         for p in path:
             x = x.get(p) if isinstance(x, dict) else None
         if x is not None:
             vals.append(x)
     return statistics.median(vals) if vals else float("nan")
-rows = [("embedding texts/s (median)", ("embedding", "texts_per_sec_median"), True),
-        ("embedding tokens/s (median)", ("embedding", "tokens_per_sec_median"), True),
-        ("fine-tune s/step (mnrl, b16, seq128)", ("train_step", "median_secs_after_first"), False),
-        ("peak RSS MiB", ("peak_rss_mib",), False)]
-print(f"{'figure':<40} {'tripletlab':>12} {'sent-transf':>12} {'ratio':>8}")
-for name, path, higher_better in rows:
-    a, b = med(tl, *path), med(st, *path)
-    ratio = a / b if b else float("nan")
-    print(f"{name:<40} {a:>12.2f} {b:>12.2f} {ratio:>8.2f}" + ("  (tripletlab / ST; >1 is faster)" if higher_better else "  (tripletlab / ST; <1 is faster)"))
+figures = [("embedding texts/s", ("embedding", "texts_per_sec_median"), True),
+           ("embedding tokens/s", ("embedding", "tokens_per_sec_median"), True),
+           ("fine-tune s/step (mnrl, b16, seq128)", ("train_step", "median_secs_after_first"), False),
+           ("peak RSS MiB", ("peak_rss_mib",), False)]
+data = {(t, m): runs(t, m) for t in ("tl", "st") for m in ("f32", "bf16")}
+for t, m in (("tl", "bf16"), ("tl", "f32")):
+    if data[(t, m)]:
+        print(f"tripletlab {m} kernels: {data[(t, m)][0].get('kernels', '?')}")
+print(f"sentence-transformers: torch {data[('st', 'f32')][0].get('torch', '?')}, {rounds} rounds alternating")
+pairs = [("tl", "f32", "st", "f32"), ("tl", "bf16", "st", "bf16"), ("tl", "bf16", "st", "f32"),
+         ("tl", "bf16", "tl", "f32"), ("st", "bf16", "st", "f32")]
+name = {"tl": "tripletlab", "st": "sent-transf"}
+for fig, path, higher in figures:
+    print(f"\n{fig} (medians)" + ("; ratio > 1 is faster" if higher else "; ratio < 1 is faster"))
+    for t in ("tl", "st"):
+        print("  " + "  ".join(f"{name[t]} {m}: {med(data[(t, m)], *path):10.2f}" for m in ("f32", "bf16")))
+    for a, am, b, bm in pairs:
+        x, y = med(data[(a, am)], *path), med(data[(b, bm)], *path)
+        if x == x and y == y and y:
+            print(f"  {name[a]} {am} / {name[b]} {bm}: {x / y:6.2f}")
 PY

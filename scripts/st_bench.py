@@ -3,7 +3,9 @@
 and triplet file, printed as JSON with the same keys.
 
 Usage: st_bench.py --model DIR --data FILE [--batch-size 32] [--max-seq-len 256] [--repeats 3]
-                   [--embed-limit N] [--train-steps 5] [--skip-embed] [--json OUT]
+                   [--embed-limit N] [--train-steps 5] [--skip-embed] [--compute f32|bf16] [--json OUT]
+--compute bf16 is what a user who wants speed types: model_kwargs={"torch_dtype": torch.bfloat16}
+for embedding, bf16=True (mixed precision) for training.
 Needs torch, sentence-transformers, datasets and accelerate (scripts/compare_st.sh installs them)."""
 import argparse, json, os, resource, statistics, sys, time
 
@@ -22,6 +24,7 @@ ap.add_argument("--repeats", type=int, default=3)
 ap.add_argument("--embed-limit", type=int, default=0)
 ap.add_argument("--train-steps", type=int, default=5)
 ap.add_argument("--skip-embed", action="store_true")
+ap.add_argument("--compute", choices=["f32", "bf16"], default="f32")
 ap.add_argument("--json")
 a = ap.parse_args()
 
@@ -29,10 +32,13 @@ if a.data.endswith(".jsonl"):
     rows = [json.loads(l) for l in open(a.data, encoding="utf-8") if l.strip()]
 else:
     rows = json.load(open(a.data, encoding="utf-8"))
-out = {"data": a.data, "model": a.model, "torch_threads": torch.get_num_threads()}
+out = {"data": a.data, "model": a.model, "torch_threads": torch.get_num_threads(), "compute": a.compute,
+       "torch": torch.__version__, "onednn_bf16": bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)())}
+BF16 = a.compute == "bf16"
+KW = {"model_kwargs": {"torch_dtype": torch.bfloat16}} if BF16 else {}
 
 if not a.skip_embed:
-    m = SentenceTransformer(a.model, device="cpu")
+    m = SentenceTransformer(a.model, device="cpu", **KW)
     m.max_seq_length = a.max_seq_len
     texts = [t for r in rows for t in (r["query"], r["pos"], r["negative"])]
     if a.embed_limit:
@@ -81,7 +87,7 @@ if a.train_steps > 0:
                                                      learning_rate=2e-5, warmup_steps=0.1, save_strategy="no",
                                                      eval_strategy="no", report_to="none", use_cpu=True,
                                                      disable_tqdm=True, logging_steps=1000, seed=42,
-                                                     batch_sampler="no_duplicates")
+                                                     batch_sampler="no_duplicates", bf16=BF16)
         SentenceTransformerTrainer(model=m, args=targs, train_dataset=ds,
                                    loss=losses.MultipleNegativesRankingLoss(m), callbacks=[rec]).train()
     timed = rec.secs[1:] if len(rec.secs) > 1 else rec.secs

@@ -62,6 +62,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         "matmul".into(),
         json!(crate::core::backend::cpu::blas::backend()),
     );
+    report.insert("compute".into(), json!(args.compute.name()));
 
     if !args.skip_embed {
         let opts = EncoderOptions {
@@ -69,8 +70,11 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             batch_size: args.batch_size,
             prompts: PromptChoice::None,
             truncate_dim: None,
+            compute: args.compute,
         };
         let enc = Encoder::load(&source, &opts, &mut |_| {}).context("cannot load the model")?;
+        eprintln!("kernels: {}", enc.backend_description());
+        report.insert("kernels".into(), json!(enc.backend_description()));
         let texts: Vec<&str> = data
             .triplets
             .iter()
@@ -125,6 +129,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             max_seq_len: 128,
             eval_steps: Some(0),
             prompts: PromptChoice::None,
+            compute: args.compute,
             ..TrainConfig::default()
         };
         // A tiny validation set: the bench times steps, not validation.
@@ -182,6 +187,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let opts = EncoderOptions {
         max_seq_len: Some(args.max_seq_len),
         prompts: PromptChoice::None,
+        compute: args.compute,
         ..Default::default()
     };
     let enc = Encoder::load(&source, &opts, &mut |_| {})?;

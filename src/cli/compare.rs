@@ -62,6 +62,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size,
         prompts: PromptChoice::parse(&args.prompts).map_err(anyhow::Error::msg)?,
         truncate_dim: None,
+        compute: args.compute,
     };
     let cache = (!args.no_cache).then(|| EmbeddingCache::new(EmbeddingCache::default_dir()));
     let bar = Bar::new();

@@ -4,6 +4,7 @@ use anyhow::Context;
 
 use super::progress::Bar;
 use super::{load_data, EmbedArgs, EncoderArgs, EvalArgs};
+use crate::core::backend::Compute;
 use crate::core::cache::EmbeddingCache;
 use crate::core::data::{Dataset, Field};
 use crate::core::embeddings::Embeddings;
@@ -34,6 +35,13 @@ fn load_and_embed(
         p.document
     );
     super::note_builtin_gemm();
+    if encoder.compute() != Compute::F32 {
+        eprintln!(
+            "Compute {}: {} (vectors differ slightly from f32; README \"Speed\" gives the agreement)",
+            encoder.compute().name(),
+            encoder.backend_description()
+        );
+    }
     let cache = (!args.no_cache).then(|| EmbeddingCache::new(EmbeddingCache::default_dir()));
     let start = std::time::Instant::now();
     let emb = bar.run(|ctx| embed_triplets(&encoder, &data.triplets, cache.as_ref(), ctx))?;
@@ -158,6 +166,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
             precision: precision.name().to_string(),
             rescore: args.rescore,
             batch_size: encoder.batch_size,
+            compute: encoder.compute(),
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let report = EvalReport::new(&result, &settings, data.report.skipped.len());

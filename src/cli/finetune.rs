@@ -62,6 +62,7 @@ pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<()> {
         },
         max_negatives: args.max_negatives,
         mini_batch: args.mini_batch,
+        compute: args.compute,
         ..TrainConfig::default()
     };
     if let Some(why) = would_replace(&args.out) {

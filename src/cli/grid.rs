@@ -33,6 +33,7 @@ pub fn grid(args: &GridArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size,
         prompts: PromptChoice::parse(&args.prompts).map_err(anyhow::Error::msg)?,
         truncate_dim: None,
+        compute: args.compute,
     };
     let cache = (!args.no_cache).then(|| EmbeddingCache::new(EmbeddingCache::default_dir()));
     let bar = Bar::new();

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use crate::core::backend::Compute;
 use crate::core::data::{load_triplets, Dataset};
 use crate::core::encoder::{EncoderOptions, PromptChoice};
 use crate::core::model::{ModelSource, DEFAULT_MODEL};
@@ -109,6 +110,10 @@ pub struct BenchArgs {
     /// Write the figures as JSON here (else to stdout).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Arithmetic of the dense products: `f32` (exact, default), `bf16` (AVX512-BF16: rounded
+    /// inputs, f32 sums, faster) or `auto` (the fastest this CPU runs).
+    #[arg(long, default_value = "f32", value_parser = Compute::parse)]
+    pub compute: Compute,
 }
 
 /// Model and encoding options shared by every command that embeds.
@@ -130,6 +135,10 @@ pub struct EncoderArgs {
     /// sentence-transformers' truncate_dim.
     #[arg(long)]
     pub truncate_dim: Option<usize>,
+    /// Arithmetic of the dense products: `f32` (exact, default), `bf16` (AVX512-BF16: rounded
+    /// inputs, f32 sums, faster) or `auto` (the fastest this CPU runs).
+    #[arg(long, default_value = "f32", value_parser = Compute::parse)]
+    pub compute: Compute,
     /// Neither read nor write the embedding cache.
     #[arg(long)]
     pub no_cache: bool,
@@ -142,6 +151,7 @@ impl EncoderArgs {
             batch_size: self.batch_size,
             prompts: PromptChoice::parse(&self.prompts).map_err(anyhow::Error::msg)?,
             truncate_dim: self.truncate_dim,
+            compute: self.compute,
         })
     }
 
@@ -216,6 +226,10 @@ pub struct GridArgs {
     /// Prompts: `auto`, `none`, or `QUERY,DOCUMENT`.
     #[arg(long, default_value = "auto")]
     pub prompts: String,
+    /// Arithmetic of the dense products: `f32` (exact, default), `bf16` (AVX512-BF16: rounded
+    /// inputs, f32 sums, faster) or `auto` (the fastest this CPU runs).
+    #[arg(long, default_value = "f32", value_parser = Compute::parse)]
+    pub compute: Compute,
     /// Neither read nor write the embedding cache.
     #[arg(long)]
     pub no_cache: bool,
@@ -313,6 +327,10 @@ pub struct CompareArgs {
     /// Prompts: `auto`, `none`, or `QUERY,DOCUMENT`.
     #[arg(long, default_value = "auto")]
     pub prompts: String,
+    /// Arithmetic of the dense products: `f32` (exact, default), `bf16` (AVX512-BF16: rounded
+    /// inputs, f32 sums, faster) or `auto` (the fastest this CPU runs).
+    #[arg(long, default_value = "f32", value_parser = Compute::parse)]
+    pub compute: Compute,
     /// Neither read nor write the embedding cache.
     #[arg(long)]
     pub no_cache: bool,
@@ -373,6 +391,10 @@ pub struct FinetuneArgs {
     /// Prompts: `auto`, `none`, or `QUERY,DOCUMENT`.
     #[arg(long, default_value = "auto")]
     pub prompts: String,
+    /// Arithmetic of the dense products: `f32` (default), `bf16` (mixed precision on AVX512-BF16:
+    /// f32 master weights and optimizer state, bf16 inputs to every dense product) or `auto`.
+    #[arg(long, default_value = "f32", value_parser = Compute::parse)]
+    pub compute: Compute,
     /// Write the whole training log (steps, validations, settings) as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,

@@ -130,6 +130,69 @@ fn dev_metrics_match_sentence_transformers() {
     );
 }
 
+/// The bf16 compute mode on the real model: every dev text at cosine >= 0.9999 to
+/// sentence-transformers' f32 vector, and every metric within 0.01 of its f32 value (the
+/// figures, printed here, are in the README's "Speed" section). Skipped, saying so, on a CPU
+/// without AVX512-BF16.
+#[test]
+fn bf16_dev_vectors_stay_at_cosine_0_9999() {
+    use tripletlab::core::backend::Compute;
+    if let Err(why) = Compute::Bf16.check() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let opts = EncoderOptions {
+        max_seq_len: Some(256),
+        prompts: PromptChoice::None,
+        compute: Compute::Bf16,
+        ..Default::default()
+    };
+    let enc = encoder(&real_model_dir(), &opts);
+    assert_eq!(enc.compute(), Compute::Bf16);
+    let data = load_triplets(&fixture("patents-dev.json")).unwrap();
+    let emb = quiet(|ctx| embed_triplets(&enc, &data.triplets, None, ctx)).unwrap();
+    let st =
+        tripletlab::core::report::read_npy_f32(&fixture("patents-dev-minilm-seq256.npy")).unwrap();
+    let n = data.len();
+    let mut worst = 1f64;
+    for (part, ours) in [&emb.queries, &emb.positives, &emb.negatives]
+        .iter()
+        .enumerate()
+    {
+        for i in 0..n {
+            worst = worst.min(cosine(ours.row(i), st.row(part * n + i)));
+        }
+    }
+    eprintln!(
+        "bf16: lowest cosine with sentence-transformers' f32 over {} texts: {worst:.7}",
+        3 * n
+    );
+    assert!(worst >= 0.9999, "lowest cosine {worst:.7} < 0.9999");
+    assert!(worst < 1.0 - 1e-8, "bf16 gave f32's vectors ({worst:.10})");
+    let result = evaluate(&RetrievalIndex::build(
+        &data.triplets,
+        &emb.queries,
+        &emb.positives,
+        &emb.negatives,
+    ));
+    let reference: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixture("patents-dev-minilm-seq256-metrics.json")).unwrap(),
+    )
+    .unwrap();
+    for key in metric_keys() {
+        let want = reference["metrics"][&key].as_f64().unwrap();
+        let got = result.metrics[&key];
+        eprintln!(
+            "bf16 {key}: {got:.6} (f32 {want:.6}, difference {:+.6})",
+            got - want
+        );
+        assert!(
+            (got - want).abs() <= 0.01,
+            "{key}: bf16 {got} vs f32 {want}"
+        );
+    }
+}
+
 /// The real all-mpnet-base-v2 folder unpacked by `scripts/fetch-test-mpnet.sh`, or `None` when
 /// the test command could not fetch it and said so (`TRIPLETLAB_SKIP_MPNET` holds the reason).
 fn real_mpnet_dir() -> Option<std::path::PathBuf> {

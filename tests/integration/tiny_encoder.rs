@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use tripletlab::core::backend::Compute;
 use tripletlab::core::cache::EmbeddingCache;
 use tripletlab::core::encoder::{
     embed_triplets, EncodeError, EncoderOptions, PromptChoice, PromptSource, Role,
@@ -364,7 +365,7 @@ fn the_cache_key_changes_with_every_setting_that_changes_a_vector() {
         truncate_dim: Some(16),
         ..opts(32)
     };
-    let variants = [
+    let mut variants = vec![
         ("weights", key(other_weights.path(), &opts(32), Role::Query)),
         ("pooling", key(cls.path(), &opts(32), Role::Query)),
         (
@@ -385,6 +386,16 @@ fn the_cache_key_changes_with_every_setting_that_changes_a_vector() {
             key(base_model.path(), &truncated, Role::Query),
         ),
     ];
+    // The arithmetic, where this CPU has a second mode.
+    if Compute::Bf16.check().is_ok() {
+        let bf16 = EncoderOptions {
+            compute: Compute::Bf16,
+            ..opts(32)
+        };
+        variants.push(("compute", key(base_model.path(), &bf16, Role::Query)));
+    } else {
+        eprintln!("compute mode not covered: this CPU has no AVX512-BF16");
+    }
     for (i, (name, k)) in variants.iter().enumerate() {
         assert_ne!(*k, base, "{name} does not change the key");
         for (other, k2) in &variants[i + 1..] {

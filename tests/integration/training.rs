@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor, Var};
-use tripletlab::core::backend::{DropoutRng, EmbedBackend, TrainBackend};
+use tripletlab::core::backend::{Compute, DropoutRng, EmbedBackend, TrainBackend};
 use tripletlab::core::data::Triplet;
 use tripletlab::core::encoder::{Encoder, EncoderOptions, PromptChoice, Prompts, Role};
 use tripletlab::core::jobs::{spawn, CancelToken, JobCtx, Outcome, Update};
@@ -200,7 +200,7 @@ fn encoder_over(folder: &ModelFolder, weights: &Trainable, max_seq_len: usize) -
 fn every_weight_gets_a_gradient_and_it_matches_finite_differences() {
     let dir = tiny_model(&TinySpec::default());
     let (folder, ck) = open(dir.path());
-    let weights = Trainable::new(&folder, &ck).unwrap();
+    let weights = Trainable::new(&folder, &ck, Compute::F32).unwrap();
     let enc = encoder_over(&folder, &weights, 32);
     let data = toy_triplets(4);
     let (_, grads) = mnrl_loss_and_grads(&weights, &enc, &data);
@@ -377,7 +377,7 @@ fn saved_folder_reloads_with_the_same_embeddings_and_tensor_names() {
     let dir = tiny_model(&TinySpec::default());
     let (folder, ck) = open(dir.path());
     // Weights that differ from the checkpoint's: every tensor scaled a little, differently.
-    let weights: HashMap<String, Tensor> = Trainable::new(&folder, &ck)
+    let weights: HashMap<String, Tensor> = Trainable::new(&folder, &ck, Compute::F32)
         .unwrap()
         .snapshot()
         .unwrap()
@@ -410,7 +410,7 @@ fn saved_folder_reloads_with_the_same_embeddings_and_tensor_names() {
     assert!(reloaded.sentence.normalize);
 
     // In memory: the trained weights in a model built from them.
-    let weights_var = Trainable::new(&folder, &ck).unwrap();
+    let weights_var = Trainable::new(&folder, &ck, Compute::F32).unwrap();
     weights_var.restore(&weights).unwrap();
     let mem = encoder_over(&folder, &weights_var, 48);
     let opts = EncoderOptions {
@@ -595,6 +595,7 @@ fn the_best_checkpoint_is_the_best_validation_and_its_weights_reproduce_it() {
         batch_size: cfg.eval_batch_size,
         prompts: PromptChoice::None,
         truncate_dim: None,
+        compute: Compute::F32,
     };
     let again = crate::common::quiet(|ctx| {
         tripletlab::core::pipeline::evaluate_model(

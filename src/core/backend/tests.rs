@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 
 use super::candle::{CandleBackend, Mode, ReferenceModel};
 use super::cpu::CpuModel;
-use super::{Batch, DropoutRng, EmbedBackend, TrainBackend};
+use super::{Batch, Compute, DropoutRng, EmbedBackend, TrainBackend};
 use crate::core::model::{Arch, HiddenAct, ModelConfig, Pooling};
 
 /// Seeded dropout masks: two with one seed give the same masks in the same order.
@@ -238,4 +238,108 @@ fn training_pass_and_every_gradient_match_candles_autograd() {
             }
         }
     }
+}
+
+/// The bf16 mode (bf16 inputs to every dense product, f32 sums) against f32 on the same weights:
+/// pooled vectors at cosine >= 0.999 and every gradient within 3 % of its f32 value (relative
+/// norm), for every architecture; and visibly not f32 (so the mode is really in use).
+#[test]
+fn bf16_mode_stays_close_to_f32_in_inference_and_every_gradient() {
+    if Compute::Bf16.check().is_err() {
+        eprintln!("skipped: this CPU has no AVX512-BF16");
+        return;
+    }
+    let cos = |a: &[f32], b: &[f32]| {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        dot / (n(a) * n(b))
+    };
+    let norm = |v: &[f32]| v.iter().map(|y| y * y).sum::<f32>().sqrt();
+    let dist = |a: &[f32], b: &[f32]| {
+        let d: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+        d.sqrt()
+    };
+    for arch in ARCHS {
+        let cfg = config(arch, HiddenAct::Gelu);
+        let (vars, _, f32_model) = models(&cfg, Pooling::Mean);
+        let tensors: HashMap<String, Tensor> = vars
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        let bf16_model = CpuModel::new(&cfg, Pooling::Mean, &|n| tensors.get(n).cloned())
+            .unwrap()
+            .with_compute(Compute::Bf16)
+            .unwrap();
+        assert_eq!(bf16_model.compute(), Compute::Bf16);
+        let b = batch(&[40, 7, 4, 1], &[]);
+        let (x, y) = (f32_model.embed(&b).unwrap(), bf16_model.embed(&b).unwrap());
+        let h = cfg.hidden_size;
+        for (r, (a, c)) in x.chunks(h).zip(y.chunks(h)).enumerate() {
+            assert!(cos(a, c) >= 0.999, "{arch:?} row {r}: cosine {}", cos(a, c));
+        }
+        assert!(max_diff(&x, &y) > 1e-5, "{arch:?}: bf16 gave f32's vectors");
+        // A text's vector does not depend on its batch.
+        let alone = bf16_model.embed(&batch(&[40], &[])).unwrap();
+        assert_eq!(&alone[..], &y[..h], "{arch:?}: depends on the batch");
+        // Training: forward with a tape, backward, every gradient.
+        let up: Vec<f32> = (0..b.rows() * h)
+            .map(|i| ((i * 7) % 5) as f32 - 2.0)
+            .collect();
+        // Two passes into one set of gradients: they must add up (as GradCache's do).
+        let grads = |m: &CpuModel| {
+            let mut tape = Default::default();
+            let mut g = m.new_gradients();
+            for _ in 0..2 {
+                m.forward_train(&b, &mut Keep, &mut tape).unwrap();
+                m.backward(&mut tape, &up, &mut g).unwrap();
+            }
+            g
+        };
+        let (gx, gy) = (grads(&f32_model), grads(&bf16_model));
+        let mut differs = false;
+        // Relative to the gradient, or to a thousandth of the largest one for gradients that
+        // are zero in exact arithmetic (a key bias's: softmax ignores a constant shift).
+        let largest = gx.t.iter().map(|g| norm(g)).fold(0f32, f32::max);
+        for (i, name) in f32_model.parameter_names().iter().enumerate() {
+            let e = dist(&gy.t[i], &gx.t[i]) / norm(&gx.t[i]).max(1e-3 * largest);
+            assert!(
+                e < 0.03,
+                "{arch:?} {name}: bf16 gradient off by {e:.4} (relative)"
+            );
+            differs |= e > 1e-6;
+        }
+        assert!(differs, "{arch:?}: bf16 gave f32's gradients");
+    }
+}
+
+#[test]
+fn compute_modes_parse_and_name_what_this_cpu_lacks() {
+    assert_eq!(Compute::parse("f32"), Ok(Compute::F32));
+    assert_eq!(Compute::parse(" FP32 "), Ok(Compute::F32));
+    assert_eq!(Compute::parse("auto"), Ok(Compute::fastest()));
+    assert!(Compute::parse("int8")
+        .unwrap_err()
+        .contains("not implemented"));
+    assert!(Compute::parse("fp8")
+        .unwrap_err()
+        .contains("f32, bf16 or auto"));
+    match Compute::Bf16.check() {
+        Ok(()) => {
+            assert_eq!(Compute::parse("bf16"), Ok(Compute::Bf16));
+            assert_eq!(Compute::fastest(), Compute::Bf16);
+        }
+        Err(why) => {
+            assert!(why.contains("AVX512-BF16"), "{why}");
+            assert_eq!(Compute::parse("bf16"), Err(why));
+            assert_eq!(Compute::fastest(), Compute::F32);
+        }
+    }
+    assert_eq!(
+        Compute::ALL.map(Compute::name),
+        ["f32", "bf16"],
+        "the names the CLI and the run record use"
+    );
 }

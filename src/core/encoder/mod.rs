@@ -17,7 +17,7 @@ use tokenizers::Tokenizer;
 
 use crate::core::backend::cpu::CpuModel;
 use crate::core::backend::remote::{RemoteClient, RemoteSpec};
-use crate::core::backend::{BackendError, Batch, EmbedBackend};
+use crate::core::backend::{BackendError, Batch, Compute, EmbedBackend};
 use crate::core::embeddings::{normalize, Embeddings};
 use crate::core::jobs::{Cancelled, JobCtx, StageClock};
 use crate::core::model::{
@@ -47,6 +47,8 @@ pub struct EncoderOptions {
     /// Keep only the first N dimensions (Matryoshka), after the Normalize module, as
     /// sentence-transformers' `truncate_dim`.
     pub truncate_dim: Option<usize>,
+    /// The CPU engine's arithmetic (ignored by a remote model).
+    pub compute: Compute,
 }
 
 impl Default for EncoderOptions {
@@ -56,6 +58,7 @@ impl Default for EncoderOptions {
             batch_size: 32,
             prompts: PromptChoice::Auto,
             truncate_dim: None,
+            compute: Compute::F32,
         }
     }
 }
@@ -202,7 +205,10 @@ impl Encoder {
         source_label: String,
         opts: &EncoderOptions,
     ) -> Result<Self, EncodeError> {
-        let model = cpu_model(&folder, checkpoint)?;
+        opts.compute.check().map_err(EncodeError::InvalidOption)?;
+        let model = cpu_model(&folder, checkpoint)?
+            .with_compute(opts.compute)
+            .map_err(EncodeError::Compute)?;
         let hash = checkpoint.weights_hash.clone();
         Self::from_backend(folder, Arc::new(model), hash, source_label, opts)
     }
@@ -294,6 +300,14 @@ impl Encoder {
         self.truncate_dim.or(self.model_dim()).unwrap_or(0)
     }
 
+    /// The arithmetic of the model's products (f32 for a remote model: its server decides).
+    pub fn compute(&self) -> Compute {
+        match &self.runner {
+            Runner::Local { backend, .. } => backend.compute(),
+            Runner::Remote(_) => Compute::F32,
+        }
+    }
+
     /// What runs the model.
     pub fn backend_description(&self) -> String {
         match &self.runner {
@@ -335,6 +349,11 @@ impl Encoder {
         h.update(&[0]);
         h.update(&(self.max_seq_len as u64).to_le_bytes());
         h.update(&(self.truncate_dim.unwrap_or(0) as u64).to_le_bytes());
+        // f32 vectors keep the keys they had before there were other modes.
+        if self.compute() != Compute::F32 {
+            h.update(b"\0compute=");
+            h.update(self.compute().name().as_bytes());
+        }
         *h.finalize().as_bytes()
     }
 

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use crate::core::backend::Compute;
 use crate::core::cache::EmbeddingCache;
 use crate::core::data::Triplet;
 use crate::core::embeddings::Embeddings;
@@ -39,6 +40,8 @@ pub struct Evaluation {
     pub doc_rows: Embeddings,
     /// Seconds spent embedding.
     pub embed_secs: f64,
+    /// Arithmetic of the model's products.
+    pub compute: Compute,
 }
 
 impl Evaluation {
@@ -78,6 +81,7 @@ impl Evaluation {
             query_rows,
             doc_rows,
             embed_secs,
+            compute: Compute::F32,
         }
     }
 }
@@ -104,12 +108,14 @@ pub fn evaluate_model(
     for w in &emb.cache_warnings {
         ctx.warn(w.clone());
     }
-    Ok(Evaluation::from_embeddings(
+    let mut eval = Evaluation::from_embeddings(
         source.label(),
         encoder.max_seq_len,
         encoder.prompts.clone(),
         triplets,
         emb,
         start.elapsed().as_secs_f64(),
-    ))
+    );
+    eval.compute = encoder.compute();
+    Ok(eval)
 }

@@ -221,14 +221,15 @@ pub fn html(
         c.a.n_queries,
         c.a.n_corpus
     );
-    let _ = write!(h, "<table><tr><th></th><th>model</th><th>max tokens</th><th>query prompt</th><th>document prompt</th></tr>");
+    let _ = write!(h, "<table><tr><th></th><th>model</th><th>max tokens</th><th>compute</th><th>query prompt</th><th>document prompt</th></tr>");
     for (name, e, color) in [("A", evals[0], COLOR_A), ("B", evals[1], COLOR_B)] {
         let _ = write!(
             h,
-            "<tr><td><span class=\"key\" style=\"background:{}\"></span>{name}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{:?}</td></tr>",
+            "<tr><td><span class=\"key\" style=\"background:{}\"></span>{name}</td><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{:?}</td></tr>",
             css(color),
             esc(&e.model_label),
             e.max_seq_len,
+            e.compute.name(),
             esc(&e.prompts.query),
             esc(&e.prompts.document)
         );

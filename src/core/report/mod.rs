@@ -34,6 +34,8 @@ pub struct EvalSettings {
     pub rescore: Option<usize>,
     /// Texts per batch.
     pub batch_size: usize,
+    /// Arithmetic of the model's products (f32 or bf16).
+    pub compute: crate::core::backend::Compute,
     /// tripletlab's version.
     pub tool_version: String,
 }

@@ -22,7 +22,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use rand::SeedableRng;
 
-use crate::core::backend::{BackendError, TrainBackend};
+use crate::core::backend::{BackendError, Compute, TrainBackend};
 use crate::core::data::Triplet;
 use crate::core::encoder::{embed_triplets, EncodeError, Encoder, EncoderOptions, PromptChoice};
 use crate::core::jobs::{JobCtx, StageClock};
@@ -103,6 +103,9 @@ pub struct TrainConfig {
     /// backward pass (sentence-transformers' CachedMultipleNegativesRankingLoss), so memory
     /// follows the mini-batch, not the batch; `None`: one pass per column.
     pub mini_batch: Option<usize>,
+    /// The dense products' arithmetic: f32, or bf16 mixed precision (f32 master weights,
+    /// gradients and optimizer state; bf16 inputs to every dense product, forward and backward).
+    pub compute: Compute,
 }
 
 impl Default for TrainConfig {
@@ -128,6 +131,7 @@ impl Default for TrainConfig {
             matryoshka_dims: Vec::new(),
             max_negatives: 1,
             mini_batch: None,
+            compute: Compute::F32,
         }
     }
 }
@@ -354,7 +358,7 @@ pub fn train(
             "epochs must be at least 1, lr positive and warmup_ratio in [0, 1)".into(),
         ));
     }
-    let weights = Trainable::new(folder, checkpoint)?;
+    let weights = Trainable::new(folder, checkpoint, cfg.compute)?;
     let model = weights.model();
     let label = folder.root.display().to_string();
     let train_opts = EncoderOptions {
@@ -362,12 +366,14 @@ pub fn train(
         batch_size: cfg.batch_size,
         prompts: cfg.prompts.clone(),
         truncate_dim: None,
+        compute: cfg.compute,
     };
     let eval_opts = EncoderOptions {
         max_seq_len: cfg.eval_max_seq_len,
         batch_size: cfg.eval_batch_size,
         prompts: cfg.prompts.clone(),
         truncate_dim: None,
+        compute: cfg.compute,
     };
     let hash = checkpoint.weights_hash.clone();
     let encoder = |opts: &EncoderOptions| {

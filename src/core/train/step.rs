@@ -371,7 +371,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::core::backend::EmbedBackend;
+    use crate::core::backend::{Compute, EmbedBackend};
     use crate::core::encoder::{EncoderOptions, PromptChoice};
     use crate::core::model::tiny::{write_tiny_bert, TinySpec};
     use crate::core::model::{Checkpoint, ModelFolder};
@@ -457,7 +457,7 @@ mod tests {
         folder.config.hidden_dropout_prob = dropout;
         folder.config.attention_probs_dropout_prob = dropout;
         let ck = Checkpoint::read(&folder).unwrap();
-        let weights = Trainable::new(&folder, &ck).unwrap();
+        let weights = Trainable::new(&folder, &ck, Compute::F32).unwrap();
         let backend: Arc<dyn EmbedBackend> = weights.model();
         let opts = EncoderOptions {
             max_seq_len: Some(32),

@@ -9,7 +9,7 @@ use rand::SeedableRng;
 
 use super::TrainError;
 use crate::core::backend::cpu::{arch, CpuModel};
-use crate::core::backend::DropoutRng;
+use crate::core::backend::{Compute, DropoutRng};
 use crate::core::model::{Checkpoint, ModelFolder};
 
 /// The model's trainable weights: one variable per parameter of the architecture's layout.
@@ -22,7 +22,11 @@ pub struct Trainable {
 impl Trainable {
     /// Copies the encoder's parameters of a checkpoint into f32 variables and builds the CPU
     /// engine over them.
-    pub fn new(folder: &ModelFolder, checkpoint: &Checkpoint) -> Result<Self, TrainError> {
+    pub fn new(
+        folder: &ModelFolder,
+        checkpoint: &Checkpoint,
+        compute: Compute,
+    ) -> Result<Self, TrainError> {
         let layout = arch::layout(&folder.config, &|n| checkpoint.get(n).is_some());
         let mut vars = Vec::with_capacity(layout.names.len());
         for name in &layout.names {
@@ -38,6 +42,7 @@ impl Trainable {
         let model = CpuModel::new(&folder.config, folder.sentence.pooling, &|n| {
             by_name.get(n).map(|v| v.as_tensor().clone())
         })
+        .and_then(|m| m.with_compute(compute))
         .map_err(|e| {
             TrainError::InvalidConfig(format!("{}: {e}", folder.weights_path.display()))
         })?;

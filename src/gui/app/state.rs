@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use eframe::egui;
 
+use crate::core::backend::Compute;
 use crate::core::encoder::{EncoderOptions, PromptChoice};
 use crate::core::jobs::Progress;
 use crate::core::metrics::Flip;
@@ -126,6 +127,7 @@ impl Settings {
             },
             max_negatives: t.max_negatives.max(1),
             mini_batch: (t.mini_batch > 0).then_some(t.mini_batch),
+            compute: self.compute,
             ..TrainConfig::default()
         }
     }
@@ -158,6 +160,8 @@ pub struct Settings {
     pub document_prompt: String,
     /// Matryoshka truncation.
     pub truncate_dim: Option<usize>,
+    /// Arithmetic of the model's products, for embedding and fine-tuning.
+    pub compute: Compute,
     /// Use the embedding cache.
     pub use_cache: bool,
     /// Recently opened triplet files, newest first.
@@ -298,6 +302,7 @@ impl Default for Settings {
             query_prompt: "query: ".into(),
             document_prompt: "passage: ".into(),
             truncate_dim: None,
+            compute: Compute::F32,
             use_cache: true,
             recent_files: Vec::new(),
             train: TrainSettings::default(),
@@ -317,12 +322,13 @@ impl Settings {
         EmbedSignature {
             model: self.model.trim().to_string(),
             options: format!(
-                "max length {}, prompts {:?}, dimensions {}",
+                "max length {}, prompts {:?}, dimensions {}, compute {}",
                 o.max_seq_len
                     .map_or_else(|| "model default".into(), |n| n.to_string()),
                 o.prompts,
                 o.truncate_dim
-                    .map_or_else(|| "all".into(), |n| n.to_string())
+                    .map_or_else(|| "all".into(), |n| n.to_string()),
+                o.compute.name()
             ),
         }
     }
@@ -341,6 +347,7 @@ impl Settings {
                 },
             },
             truncate_dim: self.truncate_dim,
+            compute: self.compute,
         }
     }
 }

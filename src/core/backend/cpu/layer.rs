@@ -5,18 +5,29 @@ use rayon::prelude::*;
 
 use super::arch::{Dense, LayerParams};
 use super::attention::{attend_sequence, attend_sequence_backward, Bias, Qkv};
+use super::bf16::{self, Init};
 use super::blas::{sgemm, sgemm_add};
 use super::kernels::{
     gelu_grad_into, gelu_into, layer_norm_grad_rows, layer_norm_rows, simd, CHUNK,
 };
 use super::{row_pieces, sized, split_mut, two, Dims, Offsets, Params};
-use crate::core::backend::DropoutRng;
+use crate::core::backend::{Compute, DropoutRng};
 use crate::core::model::HiddenAct;
 
-/// `out = x · wᵀ + bias` for x (n, in), w (out, in).
-pub(super) fn dense(x: &[f32], w: &[f32], bias: &[f32], n: usize, out: &mut [f32]) {
+/// `out = x · wᵀ + bias` for x (n, in), w (out, in), in the model's compute mode.
+pub(super) fn dense(
+    compute: Compute,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    n: usize,
+    out: &mut [f32],
+) {
     let o = bias.len();
     let k = w.len() / o;
+    if compute == Compute::Bf16 {
+        return bf16::gemm(false, true, n, o, k, x, w, out, Init::Bias(bias));
+    }
     let rows = (CHUNK / o).max(1);
     out.par_chunks_mut(rows * o)
         .for_each(|c| c.chunks_mut(o).for_each(|r| r.copy_from_slice(bias)));
@@ -27,6 +38,7 @@ pub(super) fn dense(x: &[f32], w: &[f32], bias: &[f32], n: usize, out: &mut [f32
 /// given) is set to d(input), or has it added when `add_dx`.
 #[allow(clippy::too_many_arguments)]
 fn dense_backward(
+    compute: Compute,
     x: &[f32],
     w: &[f32],
     dy: &[f32],
@@ -38,6 +50,17 @@ fn dense_backward(
 ) {
     let o = gb.len();
     let k = w.len() / o;
+    if compute == Compute::Bf16 {
+        // Mixed precision as autocast does it: both products of the backward pass in bf16,
+        // gradients summed in f32.
+        bf16::gemm(true, false, o, k, n, dy, x, gw, Init::Add);
+        column_sums_add(dy, o, gb);
+        if let Some(dx) = dx {
+            let init = if add_dx { Init::Add } else { Init::Zero };
+            bf16::gemm(false, false, n, k, o, dy, w, dx, init);
+        }
+        return;
+    }
     sgemm_add(true, false, o, k, n, dy, x, gw);
     column_sums_add(dy, o, gb);
     if let Some(dx) = dx {
@@ -208,7 +231,7 @@ pub(super) fn layer_forward(
             (lp.v, &mut acts.v),
         ] {
             let (w, b) = dense_p(d);
-            dense(x, w, b, n, sized(buf, n * h));
+            dense(p.compute, x, w, b, n, sized(buf, n * h));
         }
         (&acts.q[..], &acts.k[..], &acts.v[..], h)
     } else {
@@ -224,7 +247,7 @@ pub(super) fn layer_forward(
             qkv_b.extend_from_slice(b);
         }
         let qkv = sized(&mut acts.q, n * 3 * h);
-        dense(x, qkv_w, qkv_b, n, qkv);
+        dense(p.compute, x, qkv_w, qkv_b, n, qkv);
         (&acts.q[..], &acts.q[h..], &acts.q[2 * h..], 3 * h)
     };
     // Keep-masks go into the tape's buffers of the previous step.
@@ -264,7 +287,7 @@ pub(super) fn layer_forward(
     // Attention output: dense, dropout, residual, layer norm.
     let scratch = sized(&mut acts.scratch, n * h);
     let (ow, ob) = dense_p(lp.o);
-    dense(&acts.ctx, ow, ob, n, scratch);
+    dense(p.compute, &acts.ctx, ow, ob, n, scratch);
     draw(&mut acts.mask1, n * h, hidden_p);
     dropout_add(
         scratch,
@@ -276,7 +299,14 @@ pub(super) fn layer_forward(
     layer_norm_rows(&acts.z1, nw, nb, dm.eps, sized(&mut acts.y1, n * h));
     // Feed-forward block; inference activates in place.
     let (iw, ib) = dense_p(lp.inter);
-    dense(&acts.y1, iw, ib, n, sized(&mut acts.pre, n * dm.i));
+    dense(
+        p.compute,
+        &acts.y1,
+        iw,
+        ib,
+        n,
+        sized(&mut acts.pre, n * dm.i),
+    );
     let act: &[f32] = if train {
         let act = sized(&mut acts.act, n * dm.i);
         act.copy_from_slice(&acts.pre);
@@ -288,7 +318,7 @@ pub(super) fn layer_forward(
     };
     let scratch = sized(&mut acts.scratch, n * h);
     let (w2, b2) = dense_p(lp.out);
-    dense(act, w2, b2, n, scratch);
+    dense(p.compute, act, w2, b2, n, scratch);
     draw(&mut acts.mask2, n * h, hidden_p);
     let z2 = sized(&mut acts.z2, n * h);
     dropout_add(&acts.scratch, acts.mask2.as_deref(), &acts.y1, z2);
@@ -336,6 +366,7 @@ pub(super) fn layer_backward(
     let d_act = sized(&mut sc.d_act, n * dm.i);
     let (gw, gb) = two(g, lp.out.w, lp.out.b);
     dense_backward(
+        p.compute,
         &acts.act,
         p.get(lp.out.w),
         d_out,
@@ -349,6 +380,7 @@ pub(super) fn layer_backward(
     // d(y1) = the residual's dz2 + the feed-forward input's gradient (into dz2's buffer).
     let (gw, gb) = two(g, lp.inter.w, lp.inter.b);
     dense_backward(
+        p.compute,
         &acts.y1,
         p.get(lp.inter.w),
         d_act,
@@ -371,6 +403,7 @@ pub(super) fn layer_backward(
     let dctx = sized(&mut sc.dctx, n * h);
     let (gw, gb) = two(g, lp.o.w, lp.o.b);
     dense_backward(
+        p.compute,
         &acts.ctx,
         p.get(lp.o.w),
         d_attn,
@@ -412,6 +445,6 @@ pub(super) fn layer_backward(
     let dx = &mut sc.dx;
     for (d, grad) in [(lp.q, &sc.dq), (lp.k, &sc.dk), (lp.v, &sc.dv)] {
         let (gw, gb) = two(g, d.w, d.b);
-        dense_backward(x, p.get(d.w), grad, n, gw, gb, Some(dx), true);
+        dense_backward(p.compute, x, p.get(d.w), grad, n, gw, gb, Some(dx), true);
     }
 }

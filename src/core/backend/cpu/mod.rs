@@ -15,6 +15,7 @@
 
 pub mod arch;
 mod attention;
+pub mod bf16;
 pub mod blas;
 mod forward;
 pub(crate) mod kernels;
@@ -28,7 +29,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 
-use super::{BackendError, Batch, DropoutRng, EmbedBackend, Gradients, TrainBackend};
+use super::{BackendError, Batch, Compute, DropoutRng, EmbedBackend, Gradients, TrainBackend};
 use crate::core::model::{ModelConfig, Pooling};
 use attention::RelBuckets;
 
@@ -40,6 +41,8 @@ pub struct CpuModel {
     tensors: Vec<Tensor>,
     pooling: Pooling,
     rel: Option<RelBuckets>,
+    /// The dense products' arithmetic.
+    compute: Compute,
     /// Buffers of inference, kept between batches.
     workspace: Mutex<Workspace>,
 }
@@ -86,8 +89,17 @@ impl CpuModel {
             layout,
             tensors,
             pooling,
+            compute: Compute::F32,
             workspace: Mutex::default(),
         })
+    }
+
+    /// The model with its dense products in `compute`; a mode this CPU cannot run is an error
+    /// naming the missing feature.
+    pub fn with_compute(mut self, compute: Compute) -> Result<Self, BackendError> {
+        compute.check().map_err(BackendError::Compute)?;
+        self.compute = compute;
+        Ok(self)
     }
 
     /// The configuration.
@@ -132,6 +144,7 @@ impl CpuModel {
             lay: &self.layout,
             cfg: &self.cfg,
             rel: self.rel.as_ref(),
+            compute: self.compute,
         }))
     }
 }
@@ -142,6 +155,7 @@ pub(crate) struct Params<'a> {
     lay: &'a ParamLayout,
     cfg: &'a ModelConfig,
     rel: Option<&'a RelBuckets>,
+    compute: Compute,
 }
 
 impl Params<'_> {
@@ -168,12 +182,23 @@ impl EmbedBackend for CpuModel {
         })?
     }
 
+    fn compute(&self) -> Compute {
+        self.compute
+    }
+
     fn describe(&self) -> String {
-        format!(
-            "tripletlab CPU engine ({}, {})",
-            self.cfg.arch.name(),
-            blas::backend()
-        )
+        match self.compute {
+            Compute::F32 => format!(
+                "tripletlab CPU engine ({}, {})",
+                self.cfg.arch.name(),
+                blas::backend()
+            ),
+            Compute::Bf16 => format!(
+                "tripletlab CPU engine ({}, bf16 dense products on AVX512-BF16, attention on {})",
+                self.cfg.arch.name(),
+                blas::backend()
+            ),
+        }
     }
 }
 
@@ -229,6 +254,12 @@ impl TrainBackend for CpuModel {
 /// Resizes a buffer without caring about its contents (they are overwritten).
 fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buf.len() != len {
+        if len > buf.capacity() {
+            // Growing: the old contents are not needed (no copy), and a quarter of headroom
+            // lets the next batches' slightly longer texts reuse the pages already touched.
+            buf.clear();
+            buf.reserve_exact(len + len / 4);
+        }
         buf.resize(len, 0.0);
     }
     buf

@@ -1,0 +1,527 @@
+//! Matrix products with bf16 inputs and f32 accumulation on the CPU's AVX512-BF16 unit
+//! (`vdpbf16ps`: 32 multiply-adds per instruction, twice the f32 FMA's 16), for the `bf16`
+//! compute mode ([`crate::core::backend::Compute`]). Both operands are rounded to bf16 (round to
+//! nearest even) while they are packed; every sum is kept in f32, in a fixed order that does not
+//! depend on how many rows a call has, so a text's vector does not depend on its batch.
+//!
+//! Layout: op(B) is packed into panels of 32 columns, each a run of k-pairs holding, per column,
+//! the two bf16 values of rows 2p and 2p+1 in one 32-bit word (what `vdpbf16ps` multiplies
+//! pairwise); op(A) into rows of the same pairs. A 12 × 32 block of C lives in 24 registers while
+//! 256 pairs of k stream past it; rows of C are split across threads in blocks of 96.
+//!
+//! Unsafe code (allowed for this module, see ARCHITECTURE.md): the intrinsics, called only after
+//! [`available`] said the CPU has the features, and raw pointers into slices whose extents are
+//! checked where the pointers are made.
+#![allow(unsafe_code)]
+
+use rayon::prelude::*;
+
+/// Columns of C per micro-kernel (two 16-lane registers).
+const NR: usize = 32;
+/// Rows of C per micro-kernel.
+const MR: usize = 12;
+/// k-pairs per pass over a block of C.
+const KC: usize = 256;
+/// Rows of C per parallel work item.
+const MB: usize = 96;
+
+/// Whether this CPU can run the bf16 products (AVX512F and AVX512-BF16).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// f32 -> bf16 bits, rounded to nearest even (as `vcvtne2ps2bf16`); NaN stays NaN.
+#[inline]
+pub fn to_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        ((b >> 16) | 0x40) as u16
+    } else {
+        (b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16) as u16
+    }
+}
+
+/// bf16 bits -> f32 (exact).
+#[inline]
+pub fn from_bf16(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+#[inline]
+fn pair(lo: f32, hi: f32) -> u32 {
+    to_bf16(lo) as u32 | ((to_bf16(hi) as u32) << 16)
+}
+
+/// How C starts before the products are added.
+#[derive(Clone, Copy)]
+pub enum Init<'a> {
+    /// C = op(A)·op(B).
+    Zero,
+    /// C += op(A)·op(B).
+    Add,
+    /// C = op(A)·op(B) + a bias row (one value per column) on every row.
+    Bias(&'a [f32]),
+}
+
+/// `c = op(a) · op(b)` (started as [`Init`] says), row-major and densely packed as
+/// [`super::blas::sgemm`]: op(a) is `m x k` (`a` is `k x m` when `trans_a`), op(b) is `k x n`
+/// (`b` is `n x k` when `trans_b`), `c` is `m x n`.
+///
+/// # Panics
+/// When the CPU lacks AVX512-BF16 (callers check [`available`] when the mode is chosen), or a
+/// slice is shorter than the matrix it stands for.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    init: Init,
+) {
+    assert!(available(), "bf16 products need AVX512-BF16");
+    let covers = |len: usize, r: usize, c: usize| r.checked_mul(c).is_some_and(|x| x <= len);
+    assert!(
+        covers(a.len(), m, k),
+        "bf16 gemm: A is shorter than {m} x {k}"
+    );
+    assert!(
+        covers(b.len(), k, n),
+        "bf16 gemm: B is shorter than {k} x {n}"
+    );
+    assert!(
+        covers(c.len(), m, n),
+        "bf16 gemm: C is shorter than {m} x {n}"
+    );
+    if let Init::Bias(bias) = init {
+        assert!(bias.len() >= n, "bf16 gemm: bias is shorter than {n}");
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        match init {
+            Init::Zero => c[..m * n].fill(0.0),
+            Init::Add => {}
+            Init::Bias(bias) => c[..m * n]
+                .chunks_mut(n)
+                .for_each(|r| r.copy_from_slice(&bias[..n])),
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    x86::gemm(trans_a, trans_b, m, n, k, a, b, c, init);
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("available() is false off x86_64");
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gemm(
+        trans_a: bool,
+        trans_b: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        init: Init,
+    ) {
+        let kh = k.div_ceil(2);
+        let panels = n.div_ceil(NR);
+        with_buffer(&PACKED_B, panels * kh * NR, |pb| {
+            pack_b(trans_b, n, k, kh, b, pb);
+            let pb = &*pb;
+            let mut run = |pa_all: Option<&[u32]>| {
+                c[..m * n]
+                    .par_chunks_mut(MB * n)
+                    .enumerate()
+                    .for_each(|(bi, cb)| {
+                        let (r0, rows) = (bi * MB, cb.len() / n);
+                        let mut go = |pa: &[u32]| {
+                            // SAFETY: the caller checked `available()`; `pa` holds `rows` rows of
+                            // `kh` pairs, `pb` every panel, `cb` `rows` rows of `n`.
+                            unsafe { block(rows, n, kh, pa, pb, cb, init) }
+                        };
+                        match pa_all {
+                            Some(p) => go(&p[r0 * kh..(r0 + rows) * kh]),
+                            None => with_buffer(&PACKED_A, rows * kh, |pa| {
+                                for (r, out) in pa.chunks_mut(kh).enumerate() {
+                                    let row = &a[(r0 + r) * k..(r0 + r + 1) * k];
+                                    // SAFETY: the caller checked `available()`.
+                                    unsafe { row_pairs(row, out) };
+                                }
+                                go(pa);
+                            }),
+                        }
+                    });
+            };
+            if trans_a {
+                with_buffer(&PACKED_AT, m * kh, |pa| {
+                    pack_a_trans(m, k, kh, a, pa);
+                    run(Some(pa));
+                });
+            } else {
+                run(None);
+            }
+        });
+    }
+
+    thread_local! {
+        static PACKED_A: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+        static PACKED_AT: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+        static PACKED_B: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// Runs `f` on `len` words of a per-thread buffer, kept between calls (a fresh buffer of
+    /// megabytes per product costs more in page faults than the packing itself); a buffer
+    /// already in use on this thread (a nested call) is replaced by a fresh one. The contents
+    /// are whatever the last call left: every packing writes all of its words.
+    fn with_buffer<R>(
+        key: &'static std::thread::LocalKey<std::cell::RefCell<Vec<u32>>>,
+        len: usize,
+        f: impl FnOnce(&mut [u32]) -> R,
+    ) -> R {
+        key.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => {
+                if buf.len() < len {
+                    buf.resize(len, 0);
+                }
+                f(&mut buf[..len])
+            }
+            Err(_) => f(&mut vec![0u32; len]),
+        })
+    }
+
+    /// A contiguous f32 row as bf16 pairs (`out.len()` = ceil(row.len() / 2); an odd last
+    /// element is paired with 0).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn row_pairs(row: &[f32], out: &mut [u32]) {
+        let full = row.len() / 32;
+        for (s, d) in row.chunks_exact(32).zip(out.chunks_exact_mut(16)) {
+            // SAFETY: `s` holds 32 floats, `d` 16 words.
+            unsafe {
+                let lo = _mm512_loadu_ps(s.as_ptr());
+                let hi = _mm512_loadu_ps(s.as_ptr().add(16));
+                let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(d.as_mut_ptr().cast(), v);
+            }
+        }
+        let rest = &row[full * 32..];
+        for (o, p) in out[full * 16..].iter_mut().zip(rest.chunks(2)) {
+            *o = pair(p[0], p.get(1).copied().unwrap_or(0.0));
+        }
+    }
+
+    /// op(b) into panels of 32 columns × `kh` pairs (columns past `n` and the pair after an
+    /// odd `k` are 0), one panel per work item.
+    fn pack_b(trans_b: bool, n: usize, k: usize, kh: usize, b: &[f32], pb: &mut [u32]) {
+        pb.par_chunks_mut(kh * NR)
+            .enumerate()
+            .for_each(|(panel, out)| {
+                let j0 = panel * NR;
+                let width = NR.min(n - j0);
+                if width < NR {
+                    out.fill(0);
+                }
+                if trans_b {
+                    // Column j of op(b) is row j of b: convert it, then spread it over the panel.
+                    let mut tmp = vec![0u32; kh];
+                    for jj in 0..width {
+                        let j = j0 + jj;
+                        // SAFETY: the caller checked `available()`.
+                        unsafe { row_pairs(&b[j * k..(j + 1) * k], &mut tmp) };
+                        for (slot, &v) in out[jj..].iter_mut().step_by(NR).zip(&tmp) {
+                            *slot = v;
+                        }
+                    }
+                } else {
+                    // Rows 2p and 2p+1 of b interleaved, 32 columns at a time.
+                    let zeros = [0f32; NR];
+                    for (p, o) in out.chunks_exact_mut(NR).enumerate() {
+                        let r0 = &b[2 * p * n + j0..][..width];
+                        let r1 = if 2 * p + 1 < k {
+                            &b[(2 * p + 1) * n + j0..][..width]
+                        } else {
+                            &zeros[..width]
+                        };
+                        pair_rows(r0, r1, &mut o[..width]);
+                    }
+                }
+            });
+    }
+
+    /// `out[i]` = the bf16 pair (r0[i], r1[i]); branch-free, so it vectorises.
+    fn pair_rows(r0: &[f32], r1: &[f32], out: &mut [u32]) {
+        let bits = |x: f32| {
+            let b = x.to_bits();
+            let rounded = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16;
+            // NaN (exponent all ones, mantissa non-zero) stays a quiet NaN.
+            let nan = (b & 0x7FFF_FFFF) > 0x7F80_0000;
+            if nan {
+                (b >> 16) | 0x40
+            } else {
+                rounded
+            }
+        };
+        for ((o, &x), &y) in out.iter_mut().zip(r0).zip(r1) {
+            *o = bits(x) | (bits(y) << 16);
+        }
+    }
+
+    /// op(a) = aᵀ (a stored `k x m`) as rows of pairs into `pa` (`m * kh` words), transposed
+    /// in 64 × 64 tiles.
+    fn pack_a_trans(m: usize, k: usize, kh: usize, a: &[f32], pa: &mut [u32]) {
+        const T: usize = 64;
+        pa.par_chunks_mut(T * kh)
+            .enumerate()
+            .for_each(|(ci, rows)| {
+                let i0 = ci * T;
+                let ni = rows.len() / kh;
+                let mut tile = [[0u32; T]; T];
+                for p0 in (0..kh).step_by(T) {
+                    let np = T.min(kh - p0);
+                    let zeros = [0f32; T];
+                    for (pp, t) in tile.iter_mut().enumerate().take(np) {
+                        let q = 2 * (p0 + pp);
+                        let r0 = &a[q * m + i0..][..ni];
+                        let r1 = if q + 1 < k {
+                            &a[(q + 1) * m + i0..][..ni]
+                        } else {
+                            &zeros[..ni]
+                        };
+                        pair_rows(r0, r1, &mut t[..ni]);
+                    }
+                    for (ii, row) in rows.chunks_mut(kh).enumerate() {
+                        for (pp, t) in tile.iter().enumerate().take(np) {
+                            row[p0 + pp] = t[ii];
+                        }
+                    }
+                }
+            });
+    }
+
+    /// All of C's `rows x n` block: k in passes of [`KC`] pairs, panels, then 12-row strips.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn block(rows: usize, n: usize, kh: usize, pa: &[u32], pb: &[u32], c: &mut [f32], init: Init) {
+        assert!(pa.len() >= rows * kh && c.len() >= rows * n);
+        assert!(pb.len() >= n.div_ceil(NR) * kh * NR);
+        let mut p0 = 0;
+        while p0 < kh {
+            let kc = KC.min(kh - p0);
+            let start = if p0 > 0 { Init::Add } else { init };
+            for j0 in (0..n).step_by(NR) {
+                let nv = NR.min(n - j0);
+                let bp = &pb[(j0 / NR) * kh * NR + p0 * NR..][..kc * NR];
+                let bias = match start {
+                    Init::Bias(b) => Some(&b[j0..j0 + nv]),
+                    _ => None,
+                };
+                let add = matches!(start, Init::Add);
+                for r in (0..rows).step_by(MR) {
+                    let mr = MR.min(rows - r);
+                    let t = Tile {
+                        a: pa[r * kh + p0..].as_ptr(),
+                        lda: kh,
+                        b: bp.as_ptr(),
+                        c: c[r * n + j0..].as_mut_ptr(),
+                        ldc: n,
+                        kc,
+                        nv,
+                        add,
+                        bias: bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
+                    };
+                    // SAFETY: rows r..r+mr of `pa` reach p0+kc pairs (kh per row), `bp` holds
+                    // kc*NR words, rows r..r+mr of C reach column j0+nv; the features are
+                    // enabled on this function.
+                    unsafe {
+                        match mr {
+                            12 => micro::<12>(&t),
+                            11 => micro::<11>(&t),
+                            10 => micro::<10>(&t),
+                            9 => micro::<9>(&t),
+                            8 => micro::<8>(&t),
+                            7 => micro::<7>(&t),
+                            6 => micro::<6>(&t),
+                            5 => micro::<5>(&t),
+                            4 => micro::<4>(&t),
+                            3 => micro::<3>(&t),
+                            2 => micro::<2>(&t),
+                            _ => micro::<1>(&t),
+                        }
+                    }
+                }
+            }
+            p0 += kc;
+        }
+    }
+
+    /// One micro-kernel call: R rows × up to 32 columns of C over `kc` pairs.
+    struct Tile {
+        a: *const u32,
+        lda: usize,
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        kc: usize,
+        /// Valid columns (≤ 32); the rest are masked off.
+        nv: usize,
+        add: bool,
+        /// `nv` bias values, or null.
+        bias: *const f32,
+    }
+
+    /// # Safety
+    /// The tile's pointers reach what [`Tile`] describes for R rows; AVX512-BF16 is present.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn micro<const R: usize>(t: &Tile) {
+        let mask = |from: usize| -> __mmask16 {
+            let v = t.nv.saturating_sub(from).min(16);
+            ((1u32 << v) - 1) as __mmask16
+        };
+        let (m0, m1) = (mask(0), mask(16));
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        // SAFETY (whole body): see the function's contract; masked loads and stores touch only
+        // the `nv` valid columns.
+        unsafe {
+            if !t.bias.is_null() {
+                let b0 = _mm512_maskz_loadu_ps(m0, t.bias);
+                let b1 = _mm512_maskz_loadu_ps(m1, t.bias.add(16));
+                acc = [[b0, b1]; R];
+            } else if t.add {
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    acc[0] = _mm512_maskz_loadu_ps(m0, t.c.add(r * t.ldc));
+                    acc[1] = _mm512_maskz_loadu_ps(m1, t.c.add(r * t.ldc + 16));
+                }
+            }
+            for p in 0..t.kc {
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(t.b.add(p * NR).cast()));
+                let b1: __m512bh =
+                    std::mem::transmute(_mm512_loadu_si512(t.b.add(p * NR + 16).cast()));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let a: __m512bh =
+                        std::mem::transmute(_mm512_set1_epi32(*t.a.add(r * t.lda + p) as i32));
+                    acc[0] = _mm512_dpbf16_ps(acc[0], a, b0);
+                    acc[1] = _mm512_dpbf16_ps(acc[1], a, b1);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                _mm512_mask_storeu_ps(t.c.add(r * t.ldc), m0, acc[0]);
+                _mm512_mask_storeu_ps(t.c.add(r * t.ldc + 16), m1, acc[1]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(ta: bool, tb: bool, m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
+        let mut c = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0f64;
+                for p in 0..k {
+                    let x = if ta { a[p * m + i] } else { a[i * k + p] };
+                    let y = if tb { b[j * k + p] } else { b[p * n + j] };
+                    s += x as f64 * y as f64;
+                }
+                c[i * n + j] = s as f32;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        // 1 + 2^-8 lies halfway between two bf16 values: it goes to the even one (1.0); a hair
+        // above goes up.
+        assert_eq!(from_bf16(to_bf16(1.0 + 1.0 / 256.0)), 1.0);
+        assert_eq!(from_bf16(to_bf16(1.0 + 3.0 / 256.0)), 1.0 + 4.0 / 256.0);
+        assert_eq!(
+            from_bf16(to_bf16(1.0 + 1.0 / 256.0 + 1e-6)),
+            1.0 + 2.0 / 256.0
+        );
+        assert_eq!(from_bf16(to_bf16(-2.5)), -2.5);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        assert_eq!(from_bf16(to_bf16(f32::MAX)), f32::INFINITY);
+    }
+
+    /// Integers up to 8 bits are exact in bf16 and their sums exact in f32, so the products must
+    /// equal a plain product exactly: every transpose, odd k, ragged row and column edges, and
+    /// each way C starts.
+    #[test]
+    fn products_equal_a_plain_product_on_exact_inputs() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        for (m, n, k) in [(37, 29, 70), (301, 140, 131), (13, 33, 1), (96, 64, 600)] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 17) as f32 - 8.0).collect();
+            let b: Vec<f32> = (0..n * k).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 - 3.0).collect();
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let want = naive(ta, tb, m, n, k, &a, &b);
+                let mut c = vec![7.0f32; m * n];
+                gemm(ta, tb, m, n, k, &a, &b, &mut c, Init::Zero);
+                assert_eq!(c, want, "{m}x{n}x{k} {ta} {tb}");
+                let mut c = vec![1.0f32; m * n];
+                gemm(ta, tb, m, n, k, &a, &b, &mut c, Init::Add);
+                assert!(c.iter().zip(&want).all(|(x, y)| *x == y + 1.0));
+                let mut c = vec![7.0f32; m * n];
+                gemm(ta, tb, m, n, k, &a, &b, &mut c, Init::Bias(&bias));
+                for (i, row) in c.chunks(n).enumerate() {
+                    for (j, v) in row.iter().enumerate() {
+                        assert_eq!(*v, want[i * n + j] + bias[j], "bias {i},{j}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// On real-valued inputs the result is the exact product of the bf16-rounded inputs (to f32
+    /// summation error), and a row's values do not depend on the other rows of the call.
+    #[test]
+    fn products_are_of_the_rounded_inputs_and_independent_of_the_batch() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let (m, n, k) = (50, 70, 333);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i as f32) * 0.731).sin()).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| ((i as f32) * 0.377).cos()).collect();
+        let round = |v: &[f32]| v.iter().map(|&x| from_bf16(to_bf16(x))).collect::<Vec<_>>();
+        let want = naive(false, true, m, n, k, &round(&a), &round(&b));
+        let plain = naive(false, true, m, n, k, &a, &b);
+        let mut c = vec![0f32; m * n];
+        gemm(false, true, m, n, k, &a, &b, &mut c, Init::Zero);
+        let (mut worst, mut rounding) = (0f32, 0f32);
+        for ((x, y), z) in c.iter().zip(&want).zip(&plain) {
+            worst = worst.max((x - y).abs());
+            rounding = rounding.max((y - z).abs());
+        }
+        assert!(worst < 1e-4, "differs from the rounded product by {worst}");
+        // The rounding itself is visible (so the test would see an f32 product).
+        assert!(rounding > 1e-3, "rounding effect {rounding}");
+        // The first 5 rows alone give the same bits.
+        let mut few = vec![0f32; 5 * n];
+        gemm(false, true, 5, n, k, &a[..5 * k], &b, &mut few, Init::Zero);
+        assert_eq!(&few[..], &c[..5 * n]);
+    }
+}
