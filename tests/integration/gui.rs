@@ -132,6 +132,44 @@ fn embed_fills_the_metrics_table_with_the_core_values() {
     }
 }
 
+/// The model panel's Arithmetic choice, clicked: bf16 embeds in bf16 (the panel says so and the
+/// metrics are those of the core in bf16); on a CPU without AVX512-BF16 the choice is disabled.
+#[test]
+fn the_arithmetic_choice_embeds_in_bf16_and_says_so() {
+    use tripletlab::core::backend::Compute;
+    let f = fixture(30);
+    let mut h = harness(&f);
+    step_until(&mut h, "the file to load", |a| a.dataset.is_some());
+    h.get_by_label("Arithmetic").click();
+    h.step();
+    h.step();
+    h.get_by_label("bf16 (faster)").click();
+    h.step();
+    h.step();
+    if Compute::Bf16.check().is_err() {
+        assert_eq!(
+            h.state().settings.compute,
+            Compute::F32,
+            "a disabled choice"
+        );
+        return;
+    }
+    assert_eq!(h.state().settings.compute, Compute::Bf16);
+    h.get_by_label("Embed").click();
+    step_until(&mut h, "embedding", |a| a.zero_shot.is_some());
+    assert_eq!(h.state().zero_shot.as_ref().unwrap().compute, Compute::Bf16);
+    assert!(h.query_by_label("Computed in bf16").is_some());
+    let opts = h.state().settings.encoder_options();
+    assert_eq!(opts.compute, Compute::Bf16);
+    let src = tripletlab::core::model::ModelSource::Dir(f.model.clone());
+    let want = crate::common::quiet(|ctx| {
+        tripletlab::core::pipeline::evaluate_model(&src, &opts, &dev_triplets(30), None, ctx)
+    })
+    .unwrap();
+    let got = &h.state().zero_shot.as_ref().unwrap().result.metrics;
+    assert_eq!(got, &want.result.metrics);
+}
+
 #[test]
 fn fine_tune_streams_loss_points_stop_works_and_compare_shows_deltas_and_flips() {
     let f = fixture(40);
