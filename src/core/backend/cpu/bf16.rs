@@ -6,8 +6,10 @@
 //!
 //! Layout: op(B) is packed into panels of 32 columns, each a run of k-pairs holding, per column,
 //! the two bf16 values of rows 2p and 2p+1 in one 32-bit word (what `vdpbf16ps` multiplies
-//! pairwise); op(A) into rows of the same pairs. A 12 × 32 block of C lives in 24 registers while
-//! 256 pairs of k stream past it; rows of C are split across threads in blocks of 96.
+//! pairwise); op(A) into strips of 8 rows, pair-major, so one step of the micro-kernel reads 8
+//! neighbouring words. An 8 × 32 block of C lives in 16 registers while 256 pairs of k stream past
+//! it (8 rather than 12 rows: the debug profile's register allocation spills 24 accumulators);
+//! rows of C are split across threads in blocks of 96.
 //!
 //! Unsafe code (allowed for this module, see ARCHITECTURE.md): the intrinsics, called only after
 //! [`available`] said the CPU has the features, and raw pointers into slices whose extents are
@@ -19,7 +21,7 @@ use rayon::prelude::*;
 /// Columns of C per micro-kernel (two 16-lane registers).
 const NR: usize = 32;
 /// Rows of C per micro-kernel.
-const MR: usize = 12;
+const MR: usize = 8;
 /// k-pairs per pass over a block of C.
 const KC: usize = 256;
 /// Rows of C per parallel work item.
@@ -153,22 +155,38 @@ mod x86 {
                     .enumerate()
                     .for_each(|(bi, cb)| {
                         let (r0, rows) = (bi * MB, cb.len() / n);
-                        let mut go = |pa: &[u32]| {
-                            // SAFETY: the caller checked `available()`; `pa` holds `rows` rows of
-                            // `kh` pairs, `pb` every panel, `cb` `rows` rows of `n`.
-                            unsafe { block(rows, n, kh, pa, pb, cb, init) }
-                        };
-                        match pa_all {
-                            Some(p) => go(&p[r0 * kh..(r0 + rows) * kh]),
-                            None => with_buffer(&PACKED_A, rows * kh, |pa| {
-                                for (r, out) in pa.chunks_mut(kh).enumerate() {
-                                    let row = &a[(r0 + r) * k..(r0 + r + 1) * k];
-                                    // SAFETY: the caller checked `available()`.
-                                    unsafe { row_pairs(row, out) };
+                        let strips = rows.div_ceil(MR);
+                        with_buffer(&PACKED_A, strips * kh * MR, |pa| {
+                            // Rows in strips of MR, pair-major inside a strip (the values a
+                            // micro-kernel step broadcasts lie side by side); the rows past
+                            // `rows` in the last strip are 0.
+                            let last = rows - (strips - 1) * MR;
+                            if last < MR {
+                                pa[(strips - 1) * kh * MR..].fill(0);
+                            }
+                            with_buffer(&ROW, kh, |tmp| {
+                                for r in 0..rows {
+                                    let pairs: &[u32] = match pa_all {
+                                        Some(p) => &p[(r0 + r) * kh..(r0 + r + 1) * kh],
+                                        None => {
+                                            let row = &a[(r0 + r) * k..(r0 + r + 1) * k];
+                                            // SAFETY: the caller checked `available()`.
+                                            unsafe { row_pairs(row, tmp) };
+                                            tmp
+                                        }
+                                    };
+                                    let strip = &mut pa[(r / MR) * kh * MR..][..kh * MR];
+                                    for (slot, &v) in
+                                        strip[r % MR..].iter_mut().step_by(MR).zip(pairs)
+                                    {
+                                        *slot = v;
+                                    }
                                 }
-                                go(pa);
-                            }),
-                        }
+                            });
+                            // SAFETY: the caller checked `available()`; `pa` holds `strips`
+                            // strips of `kh` pairs, `pb` every panel, `cb` `rows` rows of `n`.
+                            unsafe { block(rows, n, kh, pa, pb, cb, init) }
+                        });
                     });
             };
             if trans_a {
@@ -184,6 +202,7 @@ mod x86 {
 
     thread_local! {
         static PACKED_A: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+        static ROW: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
         static PACKED_AT: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
         static PACKED_B: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -270,7 +289,7 @@ mod x86 {
     fn pair_rows(r0: &[f32], r1: &[f32], out: &mut [u32]) {
         let bits = |x: f32| {
             let b = x.to_bits();
-            let rounded = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16;
+            let rounded = b.wrapping_add(0x7FFF).wrapping_add((b >> 16) & 1) >> 16;
             // NaN (exponent all ones, mantissa non-zero) stays a quiet NaN.
             let nan = (b & 0x7FFF_FFFF) > 0x7F80_0000;
             if nan {
@@ -319,7 +338,7 @@ mod x86 {
     /// All of C's `rows x n` block: k in passes of [`KC`] pairs, panels, then 12-row strips.
     #[target_feature(enable = "avx512f,avx512bf16")]
     fn block(rows: usize, n: usize, kh: usize, pa: &[u32], pb: &[u32], c: &mut [f32], init: Init) {
-        assert!(pa.len() >= rows * kh && c.len() >= rows * n);
+        assert!(pa.len() >= rows.div_ceil(MR) * kh * MR && c.len() >= rows * n);
         assert!(pb.len() >= n.div_ceil(NR) * kh * NR);
         let mut p0 = 0;
         while p0 < kh {
@@ -336,8 +355,7 @@ mod x86 {
                 for r in (0..rows).step_by(MR) {
                     let mr = MR.min(rows - r);
                     let t = Tile {
-                        a: pa[r * kh + p0..].as_ptr(),
-                        lda: kh,
+                        a: pa[(r / MR) * kh * MR + p0 * MR..][..kc * MR].as_ptr(),
                         b: bp.as_ptr(),
                         c: c[r * n + j0..].as_mut_ptr(),
                         ldc: n,
@@ -346,15 +364,11 @@ mod x86 {
                         add,
                         bias: bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
                     };
-                    // SAFETY: rows r..r+mr of `pa` reach p0+kc pairs (kh per row), `bp` holds
-                    // kc*NR words, rows r..r+mr of C reach column j0+nv; the features are
-                    // enabled on this function.
+                    // SAFETY: the strip holds kc*MR words from pair p0, `bp` kc*NR words, rows
+                    // r..r+mr of C reach column j0+nv; the features are enabled on this
+                    // function.
                     unsafe {
                         match mr {
-                            12 => micro::<12>(&t),
-                            11 => micro::<11>(&t),
-                            10 => micro::<10>(&t),
-                            9 => micro::<9>(&t),
                             8 => micro::<8>(&t),
                             7 => micro::<7>(&t),
                             6 => micro::<6>(&t),
@@ -373,8 +387,8 @@ mod x86 {
 
     /// One micro-kernel call: R rows × up to 32 columns of C over `kc` pairs.
     struct Tile {
+        /// The strip's pairs from p0: MR words per step.
         a: *const u32,
-        lda: usize,
         b: *const u32,
         c: *mut f32,
         ldc: usize,
@@ -395,35 +409,63 @@ mod x86 {
             ((1u32 << v) - 1) as __mmask16
         };
         let (m0, m1) = (mask(0), mask(16));
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        // The accumulators are indexed only by constants (the rows unrolled by `rows!`, the
+        // ones past R folded away), so they live in registers in every profile: a loop over r
+        // would leave them in memory unless the optimiser unrolls it, which the debug profile
+        // (the app's and the tests') does not. Pointer steps wrap instead of being checked for
+        // the same reason.
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        macro_rules! rows {
+            ($($r:literal)*) => { $( if $r < R { rows_body!($r); } )* };
+        }
         // SAFETY (whole body): see the function's contract; masked loads and stores touch only
-        // the `nv` valid columns.
+        // the `nv` valid columns, and row r < R is read and written only.
         unsafe {
-            if !t.bias.is_null() {
-                let b0 = _mm512_maskz_loadu_ps(m0, t.bias);
-                let b1 = _mm512_maskz_loadu_ps(m1, t.bias.add(16));
-                acc = [[b0, b1]; R];
-            } else if t.add {
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    acc[0] = _mm512_maskz_loadu_ps(m0, t.c.add(r * t.ldc));
-                    acc[1] = _mm512_maskz_loadu_ps(m1, t.c.add(r * t.ldc + 16));
-                }
+            let c = |r: usize| t.c.wrapping_add(r.wrapping_mul(t.ldc));
+            let bias = !t.bias.is_null();
+            let (bias0, bias1) = if bias {
+                (
+                    _mm512_maskz_loadu_ps(m0, t.bias),
+                    _mm512_maskz_loadu_ps(m1, t.bias.wrapping_add(16)),
+                )
+            } else {
+                (_mm512_setzero_ps(), _mm512_setzero_ps())
+            };
+            macro_rules! rows_body {
+                ($r:literal) => {
+                    if bias {
+                        acc[$r] = [bias0, bias1];
+                    } else if t.add {
+                        acc[$r][0] = _mm512_maskz_loadu_ps(m0, c($r));
+                        acc[$r][1] = _mm512_maskz_loadu_ps(m1, c($r).wrapping_add(16));
+                    }
+                };
             }
-            for p in 0..t.kc {
-                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(t.b.add(p * NR).cast()));
+            rows!(0 1 2 3 4 5 6 7);
+            let (mut a, mut b) = (t.a, t.b);
+            for _ in 0..t.kc {
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
                 let b1: __m512bh =
-                    std::mem::transmute(_mm512_loadu_si512(t.b.add(p * NR + 16).cast()));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let a: __m512bh =
-                        std::mem::transmute(_mm512_set1_epi32(*t.a.add(r * t.lda + p) as i32));
-                    acc[0] = _mm512_dpbf16_ps(acc[0], a, b0);
-                    acc[1] = _mm512_dpbf16_ps(acc[1], a, b1);
+                    std::mem::transmute(_mm512_loadu_si512(b.wrapping_add(16).cast()));
+                macro_rules! rows_body {
+                    ($r:literal) => {
+                        let x: __m512bh =
+                            std::mem::transmute(_mm512_set1_epi32(*a.wrapping_add($r) as i32));
+                        acc[$r][0] = _mm512_dpbf16_ps(acc[$r][0], x, b0);
+                        acc[$r][1] = _mm512_dpbf16_ps(acc[$r][1], x, b1);
+                    };
                 }
+                rows!(0 1 2 3 4 5 6 7);
+                a = a.wrapping_add(MR);
+                b = b.wrapping_add(NR);
             }
-            for (r, acc) in acc.iter().enumerate() {
-                _mm512_mask_storeu_ps(t.c.add(r * t.ldc), m0, acc[0]);
-                _mm512_mask_storeu_ps(t.c.add(r * t.ldc + 16), m1, acc[1]);
+            macro_rules! rows_body {
+                ($r:literal) => {
+                    _mm512_mask_storeu_ps(c($r), m0, acc[$r][0]);
+                    _mm512_mask_storeu_ps(c($r).wrapping_add(16), m1, acc[$r][1]);
+                };
             }
+            rows!(0 1 2 3 4 5 6 7);
         }
     }
 }
