@@ -283,4 +283,107 @@ mod tests {
         let other = cache.load(&settings, 3);
         assert!(other.vectors.is_empty());
     }
+
+    fn segments(cache: &EmbeddingCache, settings: &[u8; KEY_LEN]) -> usize {
+        std::fs::read_dir(cache.shard_dir(settings))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "seg")
+            })
+            .count()
+    }
+
+    /// A missing shard is simply empty; a shard that cannot be listed (its folder is a file)
+    /// or a segment that cannot be read (a folder named like one) is a warning.
+    #[test]
+    fn missing_shards_are_quiet_and_unreadable_ones_are_warnings() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = EmbeddingCache::new(dir.path());
+        let missing = cache.load(&[1u8; 32], 2);
+        assert!(missing.vectors.is_empty() && missing.warnings.is_empty());
+        std::fs::write(cache.shard_dir(&[2u8; 32]), b"not a folder").unwrap();
+        let unlistable = cache.load(&[2u8; 32], 2);
+        assert!(
+            unlistable.warnings[0].starts_with("cannot read cache folder"),
+            "{:?}",
+            unlistable.warnings
+        );
+        let settings = [3u8; 32];
+        cache
+            .store(&settings, 2, [(text_key("a"), &[1f32, 2.][..], 1)])
+            .unwrap();
+        std::fs::create_dir(cache.shard_dir(&settings).join("odd.seg")).unwrap();
+        let shard = cache.load(&settings, 2);
+        assert_eq!(shard.vectors.len(), 1);
+        assert_eq!(shard.warnings.len(), 1, "{:?}", shard.warnings);
+        assert!(
+            shard.warnings[0].contains("odd.seg"),
+            "{:?}",
+            shard.warnings
+        );
+    }
+
+    /// Segments are merged into one above 16 (not at 16), and whenever a record is corrupt.
+    #[test]
+    fn shards_merge_above_sixteen_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = EmbeddingCache::new(dir.path());
+        let settings = [4u8; 32];
+        let v = [0.5f32, 1.5];
+        for i in 0..MAX_SEGMENTS {
+            let key = text_key(&i.to_string());
+            cache.store(&settings, 2, [(key, &v[..], 1)]).unwrap();
+        }
+        assert_eq!(cache.load(&settings, 2).vectors.len(), MAX_SEGMENTS);
+        assert_eq!(segments(&cache, &settings), MAX_SEGMENTS, "merged at 16");
+        let key = text_key("one more");
+        cache.store(&settings, 2, [(key, &v[..], 1)]).unwrap();
+        let shard = cache.load(&settings, 2);
+        assert_eq!(shard.vectors.len(), MAX_SEGMENTS + 1);
+        assert_eq!(segments(&cache, &settings), 1, "not merged at 17");
+        assert_eq!(cache.load(&settings, 2).vectors.len(), MAX_SEGMENTS + 1);
+    }
+
+    /// A segment whose magic, version or width is not this one's is ignored with a warning,
+    /// each of the three on its own.
+    #[test]
+    fn a_segment_with_a_foreign_header_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = EmbeddingCache::new(dir.path());
+        let settings = [5u8; 32];
+        cache
+            .store(&settings, 2, [(text_key("a"), &[1f32, 2.][..], 1)])
+            .unwrap();
+        let seg = std::fs::read_dir(cache.shard_dir(&settings))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "seg"))
+            .unwrap();
+        let good = std::fs::read(&seg).unwrap();
+        for (at, what) in [(0, "magic"), (4, "version"), (8, "width")] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            let mut shard = Shard::default();
+            assert!(!read_segment(&bad, 2, &seg, &mut shard), "{what}");
+            assert!(shard.vectors.is_empty(), "{what}");
+            assert!(shard.warnings[0].contains("bad header"), "{what}");
+        }
+        let mut shard = Shard::default();
+        assert!(read_segment(&good, 2, &seg, &mut shard));
+        assert_eq!(shard.vectors.len(), 1);
+    }
+
+    /// The cache's folder: `$TRIPLETLAB_CACHE_DIR` when set, else under the user's cache folder.
+    #[test]
+    fn the_default_folder_is_the_users_cache() {
+        let dir = EmbeddingCache::default_dir();
+        match std::env::var_os("TRIPLETLAB_CACHE_DIR") {
+            Some(set) => assert_eq!(dir, PathBuf::from(set)),
+            None => assert!(dir.ends_with("tripletlab/embeddings"), "{}", dir.display()),
+        }
+    }
 }

@@ -397,6 +397,19 @@ mod tests {
         assert_eq!(labels.len(), metric_keys().len());
     }
 
+    /// Which direction is better decides the colour and arrow of every difference in Compare,
+    /// the reports and the CLI: only the negatives' top-K shares are better lower.
+    #[test]
+    fn only_the_negatives_top_k_shares_are_better_lower() {
+        let lower: Vec<String> = metric_keys()
+            .into_iter()
+            .filter(|k| lower_is_better(k))
+            .collect();
+        assert_eq!(lower, ["neg_in_top_1", "neg_in_top_5", "neg_in_top_10"]);
+        assert!(!lower_is_better("cosine_accuracy"));
+        assert!(!lower_is_better("cosine_ndcg@10"));
+    }
+
     #[test]
     fn ties_go_to_the_lower_index() {
         let row = [0.5f32, 0.9, 0.5, 0.1];
