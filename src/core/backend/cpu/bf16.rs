@@ -449,8 +449,11 @@ mod x86 {
                     std::mem::transmute(_mm512_loadu_si512(b.wrapping_add(16).cast()));
                 macro_rules! rows_body {
                     ($r:literal) => {
-                        let x: __m512bh =
-                            std::mem::transmute(_mm512_set1_epi32(*a.wrapping_add($r) as i32));
+                        // An intrinsic load, not `*ptr`: the debug profile checks the
+                        // alignment of every raw-pointer dereference.
+                        let x: __m512bh = std::mem::transmute(_mm512_broadcastss_ps(_mm_load_ss(
+                            a.wrapping_add($r).cast::<f32>(),
+                        )));
                         acc[$r][0] = _mm512_dpbf16_ps(acc[$r][0], x, b0);
                         acc[$r][1] = _mm512_dpbf16_ps(acc[$r][1], x, b1);
                     };
