@@ -377,6 +377,34 @@ mod tests {
         assert_eq!(shard.vectors.len(), 1);
     }
 
+    /// A segment cut short (a run killed while writing it, before atomic renames were used, or
+    /// a damaged disk) keeps its whole records and counts the cut one as corrupt.
+    #[test]
+    fn a_segment_cut_short_keeps_its_whole_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = EmbeddingCache::new(dir.path());
+        let settings = [6u8; 32];
+        let (a, b) = (text_key("a"), text_key("b"));
+        cache
+            .store(
+                &settings,
+                2,
+                [(a, &[1f32, 2.][..], 1), (b, &[3f32, 4.][..], 1)],
+            )
+            .unwrap();
+        let seg = std::fs::read_dir(cache.shard_dir(&settings))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "seg"))
+            .unwrap();
+        let bytes = std::fs::read(&seg).unwrap();
+        let mut shard = Shard::default();
+        assert!(read_segment(&bytes[..bytes.len() - 5], 2, &seg, &mut shard));
+        assert_eq!(shard.corrupt_records, 1);
+        assert_eq!(shard.vectors.len(), 1);
+        assert!(shard.vectors.contains_key(&a));
+    }
+
     /// The cache's folder: `$TRIPLETLAB_CACHE_DIR` when set, else under the user's cache folder.
     #[test]
     fn the_default_folder_is_the_users_cache() {

@@ -526,3 +526,32 @@ pub fn train(
         seconds: started.elapsed().as_secs_f64(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sentence-transformers' (transformers') rule: ceil(ratio × total).
+    #[test]
+    fn warm_up_is_the_ratio_of_the_steps_rounded_up() {
+        assert_eq!(warmup_steps(32, 0.1), 4);
+        assert_eq!(warmup_steps(100, 0.1), 10);
+        assert_eq!(warmup_steps(7, 0.5), 4);
+        assert_eq!(warmup_steps(10, 0.0), 0);
+        assert_eq!(warmup_steps(0, 0.1), 0);
+    }
+
+    /// The name the model card and messages show is the one the CLI takes and the run record
+    /// stores.
+    #[test]
+    fn loss_names_are_the_cli_and_record_names() {
+        for (kind, name) in [
+            (LossKind::Mnrl, "mnrl"),
+            (LossKind::Contrastive, "contrastive"),
+            (LossKind::Triplet, "triplet"),
+        ] {
+            assert_eq!(kind.name(), name);
+            assert_eq!(serde_json::to_value(kind).unwrap(), name);
+        }
+    }
+}
