@@ -541,6 +541,20 @@ mod tests {
         assert_eq!(warmup_steps(0, 0.1), 0);
     }
 
+    /// About five validations a run by default (plus the base model's), none between with
+    /// `Some(0)`, the end always.
+    #[test]
+    fn validations_are_planned_as_the_trainer_runs_them() {
+        assert_eq!(eval_every(32, None), 7);
+        assert_eq!(eval_every(3, None), 1);
+        assert_eq!(eval_every(32, Some(0)), usize::MAX);
+        assert_eq!(eval_every(32, Some(4)), 4);
+        // Base model, steps 7, 14, 21, 28 and the last, 32.
+        assert_eq!(planned_validations(32, None), 6);
+        assert_eq!(planned_validations(10, Some(0)), 2);
+        assert_eq!(planned_validations(8, Some(4)), 3);
+    }
+
     /// The name the model card and messages show is the one the CLI takes and the run record
     /// stores.
     #[test]
