@@ -449,6 +449,64 @@ mod tests {
         );
     }
 
+    /// One of a key set's names is enough to know the set: a row without its query (or anchor)
+    /// is told it lacks that key; the report counts every row, skipped ones too.
+    #[test]
+    fn a_row_missing_its_first_key_names_it() {
+        for (text, key) in [
+            (
+                r#"[{"query":"q","pos":"p","negative":"n"}, {"pos":"p","negative":"n"}]"#,
+                "query",
+            ),
+            (
+                r#"[{"anchor":"q","positive":"p","negative":"n"}, {"positive":"p","negative":"n"}]"#,
+                "anchor",
+            ),
+        ] {
+            let d = parse(text).unwrap();
+            assert_eq!(d.report.total_rows, 2);
+            assert_eq!(d.len(), 1);
+            assert_eq!(
+                d.report.skipped[0].problem,
+                RowProblem::MissingKey { key: key.into() }
+            );
+        }
+    }
+
+    /// `negative_1..n` are read only when there is no `negative`; a row with neither lacks its
+    /// negative (it is not dropped in silence).
+    #[test]
+    fn n_tuple_columns_only_without_a_negative() {
+        let d = parse(
+            r#"[{"query":"q","pos":"p","negative":"n","negative_1":"m"},
+                {"query":"q","pos":"p"},
+                {"query":"q2","pos":"p","negative_1":"a","negative_2":"b"}]"#,
+        )
+        .unwrap();
+        let negs: Vec<&str> = d.triplets.iter().map(|t| t.negative.as_str()).collect();
+        assert_eq!(negs, ["n", "a", "b"]);
+        assert_eq!(
+            d.report.skipped[0].problem,
+            RowProblem::MissingKey {
+                key: "negative".into()
+            }
+        );
+    }
+
+    /// JSON errors keep serde's message without its position, which has fields of its own.
+    #[test]
+    fn json_errors_carry_the_message_without_the_position() {
+        match parse("[{\"query\": }]") {
+            Err(DataError::Json {
+                message, line: 1, ..
+            }) => {
+                assert!(message.starts_with("expected value"), "{message}");
+                assert!(!message.contains(" at line "), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn file_level_errors() {
         assert!(matches!(parse("  \n"), Err(DataError::Empty { .. })));
@@ -475,6 +533,76 @@ mod tests {
         assert!(err.to_string().contains("UTF-16"));
         let err = parse_triplets(Path::new("x"), b"[\"a\xC3\x28\"]").unwrap_err();
         assert!(matches!(err, DataError::NotUtf8 { .. }), "{err}");
+    }
+
+    /// The limit is inclusive: a file of exactly the limit is read, one byte more is refused.
+    #[test]
+    fn a_file_of_exactly_the_limit_is_read_and_one_byte_more_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ten.json");
+        std::fs::write(&path, b"0123456789").unwrap();
+        assert_eq!(read_unchanged(&path, 10, &mut || {}).unwrap().len(), 10);
+        let err = read_unchanged(&path, 9, &mut || {}).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DataError::TooLarge {
+                    size_bytes: 10,
+                    limit_bytes: 9,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    /// A file swapped by a rename for one of the same size and time stamp is noticed by its
+    /// identity (device and inode) alone.
+    #[cfg(unix)]
+    #[test]
+    fn a_file_swapped_for_a_twin_of_the_same_size_and_time_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.json");
+        let twin = dir.path().join("twin.json");
+        std::fs::write(&path, b"[1]").unwrap();
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let err = read_unchanged(&path, 100, &mut || {
+            std::fs::write(&twin, b"[2]").unwrap();
+            let f = std::fs::File::options().write(true).open(&twin).unwrap();
+            f.set_modified(mtime).unwrap();
+            std::fs::rename(&twin, &path).unwrap();
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, DataError::ChangedWhileReading { .. }),
+            "{err}"
+        );
+    }
+
+    /// Invalid UTF-8 is located by byte and line (1-based).
+    #[test]
+    fn invalid_utf8_names_its_byte_and_line() {
+        let err = parse_triplets(Path::new("x.json"), b"[\n{}\n\xff]").unwrap_err();
+        assert!(err.to_string().contains("at byte 5 (line 3)"), "{err}");
+    }
+
+    /// A JSON-lines file of one row is one triplet, not "one object spread over lines".
+    #[test]
+    fn a_json_lines_file_of_one_row_loads() {
+        let one = br#"{"query": "q", "pos": "p", "negative": "n"}
+"#;
+        let data = parse_triplets(Path::new("one.jsonl"), one).unwrap();
+        assert_eq!(data.len(), 1);
+        assert_eq!(data.format, FileFormat::JsonLines);
+    }
+
+    /// The data hash the run records store is SHA-256 in lowercase hex.
+    #[test]
+    fn the_data_hash_is_sha256_hex() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]
