@@ -325,6 +325,27 @@ mod tests {
             "{:?}",
             shard.warnings
         );
+        #[cfg(unix)]
+        {
+            // A segment gone between listing and reading (another process merged it; here a
+            // dangling link) is quiet; one the OS cannot open for another reason (a link loop)
+            // is a warning.
+            let shard_dir = cache.shard_dir(&settings);
+            std::fs::remove_dir(shard_dir.join("odd.seg")).unwrap();
+            std::os::unix::fs::symlink(shard_dir.join("nowhere"), shard_dir.join("gone.seg"))
+                .unwrap();
+            let shard = cache.load(&settings, 2);
+            assert!(shard.warnings.is_empty(), "{:?}", shard.warnings);
+            std::os::unix::fs::symlink(shard_dir.join("loop.seg"), shard_dir.join("loop.seg"))
+                .unwrap();
+            let shard = cache.load(&settings, 2);
+            assert_eq!(shard.warnings.len(), 1, "{:?}", shard.warnings);
+            assert!(
+                shard.warnings[0].contains("loop.seg"),
+                "{:?}",
+                shard.warnings
+            );
+        }
     }
 
     /// Segments are merged into one above 16 (not at 16), and whenever a record is corrupt.
