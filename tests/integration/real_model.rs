@@ -41,6 +41,25 @@ fn compare_sentences(enc: &Encoder, fixture_name: &str, min_cos: f64) {
     }
 }
 
+/// The lowest cosine of our queries, positives and negatives with the stored vectors (in that
+/// order, `n` each).
+fn lowest_cosine(
+    emb: &tripletlab::core::encoder::TripletEmbeddings,
+    st: &tripletlab::core::embeddings::Embeddings,
+    n: usize,
+) -> f64 {
+    let mut worst = 1f64;
+    for (part, ours) in [&emb.queries, &emb.positives, &emb.negatives]
+        .iter()
+        .enumerate()
+    {
+        for i in 0..n {
+            worst = worst.min(cosine(ours.row(i), st.row(part * n + i)));
+        }
+    }
+    worst
+}
+
 /// Every dev vector (queries, positives, negatives in file order; every cosine at least
 /// `min_cos`) and every metric against the stored sentence-transformers ones: equal to 1e-9 to
 /// those of `metrics` (the reference definitions on sentence-transformers' vectors), and to those
@@ -52,15 +71,7 @@ fn compare_dev(enc: &Encoder, npy: &str, metrics: &str, evaluators: &str, min_co
     let emb = quiet(|ctx| embed_triplets(enc, &data.triplets, None, ctx)).unwrap();
     let st = tripletlab::core::report::read_npy_f32(&fixture(npy)).unwrap();
     let n = data.len();
-    let mut worst = 1f64;
-    for (part, ours) in [&emb.queries, &emb.positives, &emb.negatives]
-        .iter()
-        .enumerate()
-    {
-        for i in 0..n {
-            worst = worst.min(cosine(ours.row(i), st.row(part * n + i)));
-        }
-    }
+    let worst = lowest_cosine(&emb, &st, n);
     eprintln!(
         "{npy}: lowest cosine with sentence-transformers over {} texts: {worst:.9}",
         3 * n
@@ -154,15 +165,7 @@ fn bf16_dev_vectors_stay_at_cosine_0_9999() {
     let st =
         tripletlab::core::report::read_npy_f32(&fixture("patents-dev-minilm-seq256.npy")).unwrap();
     let n = data.len();
-    let mut worst = 1f64;
-    for (part, ours) in [&emb.queries, &emb.positives, &emb.negatives]
-        .iter()
-        .enumerate()
-    {
-        for i in 0..n {
-            worst = worst.min(cosine(ours.row(i), st.row(part * n + i)));
-        }
-    }
+    let worst = lowest_cosine(&emb, &st, n);
     eprintln!(
         "bf16: lowest cosine with sentence-transformers' f32 over {} texts: {worst:.7}",
         3 * n

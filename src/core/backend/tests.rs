@@ -76,15 +76,19 @@ fn models(cfg: &ModelConfig, pooling: Pooling) -> (VarMap, ReferenceModel, CpuMo
         };
         var.set(&value).unwrap();
     }
-    let tensors: HashMap<String, Tensor> = varmap
-        .data()
+    let tensors = tensors_of(&varmap);
+    let cpu = CpuModel::new(cfg, pooling, &|n| tensors.get(n).cloned()).unwrap();
+    (varmap, reference, cpu)
+}
+
+/// The variables' current values by name.
+fn tensors_of(vars: &VarMap) -> HashMap<String, Tensor> {
+    vars.data()
         .lock()
         .unwrap()
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
-    let cpu = CpuModel::new(cfg, pooling, &|n| tensors.get(n).cloned()).unwrap();
-    (varmap, reference, cpu)
+        .collect()
 }
 
 /// Rows of the given lengths with random ids and both token types.
@@ -115,13 +119,7 @@ fn inference_matches_the_reference_for_every_architecture_and_pooling() {
         for pooling in Pooling::ALL {
             let cfg = config(arch, HiddenAct::Gelu);
             let (vars, _, cpu) = models(&cfg, pooling);
-            let tensors = vars
-                .data()
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-                .collect();
+            let tensors = tensors_of(&vars);
             let reference = CandleBackend::from_tensors(tensors, &cfg, pooling).unwrap();
             // Texts of several lengths (one longer than MPNet's exact buckets), some with their
             // first tokens left out of pooling.
@@ -263,13 +261,7 @@ fn bf16_mode_stays_close_to_f32_in_inference_and_every_gradient() {
     for arch in ARCHS {
         let cfg = config(arch, HiddenAct::Gelu);
         let (vars, _, f32_model) = models(&cfg, Pooling::Mean);
-        let tensors: HashMap<String, Tensor> = vars
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
+        let tensors = tensors_of(&vars);
         let bf16_model = CpuModel::new(&cfg, Pooling::Mean, &|n| tensors.get(n).cloned())
             .unwrap()
             .with_compute(Compute::Bf16)

@@ -260,11 +260,7 @@ mod tests {
         assert_eq!(shard.corrupt_records, 0);
 
         // Flip a byte of the second record's vector and cut the file short by a few bytes.
-        let seg = std::fs::read_dir(dir.path().join(hex(&settings)))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|x| x == "seg"))
-            .unwrap();
+        let seg = first_segment(&cache, &settings);
         let mut bytes = std::fs::read(&seg).unwrap();
         let record_len = 32 + 4 + 8 + 8;
         bytes[HEADER_LEN + record_len + 40] ^= 0xFF;
@@ -282,6 +278,15 @@ mod tests {
         // A different dim (another model) never reads these records as its own.
         let other = cache.load(&settings, 3);
         assert!(other.vectors.is_empty());
+    }
+
+    /// A segment file of the shard.
+    fn first_segment(cache: &EmbeddingCache, settings: &[u8; KEY_LEN]) -> PathBuf {
+        std::fs::read_dir(cache.shard_dir(settings))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "seg"))
+            .unwrap()
     }
 
     fn segments(cache: &EmbeddingCache, settings: &[u8; KEY_LEN]) -> usize {
@@ -379,11 +384,7 @@ mod tests {
         cache
             .store(&settings, 2, [(text_key("a"), &[1f32, 2.][..], 1)])
             .unwrap();
-        let seg = std::fs::read_dir(cache.shard_dir(&settings))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|x| x == "seg"))
-            .unwrap();
+        let seg = first_segment(&cache, &settings);
         let good = std::fs::read(&seg).unwrap();
         for (at, what) in [(0, "magic"), (4, "version"), (8, "width")] {
             let mut bad = good.clone();
@@ -413,11 +414,7 @@ mod tests {
                 [(a, &[1f32, 2.][..], 1), (b, &[3f32, 4.][..], 1)],
             )
             .unwrap();
-        let seg = std::fs::read_dir(cache.shard_dir(&settings))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|x| x == "seg"))
-            .unwrap();
+        let seg = first_segment(&cache, &settings);
         let bytes = std::fs::read(&seg).unwrap();
         let mut shard = Shard::default();
         assert!(read_segment(&bytes[..bytes.len() - 5], 2, &seg, &mut shard));

@@ -475,23 +475,8 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::blas::tests::naive;
     use super::*;
-
-    fn naive(ta: bool, tb: bool, m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
-        let mut c = vec![0f32; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                let mut s = 0f64;
-                for p in 0..k {
-                    let x = if ta { a[p * m + i] } else { a[i * k + p] };
-                    let y = if tb { b[j * k + p] } else { b[p * n + j] };
-                    s += x as f64 * y as f64;
-                }
-                c[i * n + j] = s as f32;
-            }
-        }
-        c
-    }
 
     #[test]
     fn rounding_is_to_nearest_even() {
