@@ -278,6 +278,39 @@ fn loss_falls_for_every_loss_kind() {
     }
 }
 
+/// Validation after every `eval_steps` steps and after the last one, which `eval_steps` does
+/// not divide here. Each validation query's positive is the query itself, so every checkpoint
+/// scores the same (nDCG@10 1) and the best is the first of them, the base model: training
+/// that does not beat it keeps it.
+#[test]
+fn validation_runs_every_eval_steps_and_after_the_last_step() {
+    let dir = tiny_model(&TinySpec::default());
+    let (folder, ck) = open(dir.path());
+    let data = toy_triplets(20);
+    let val: Vec<Triplet> = toy_triplets(8)
+        .into_iter()
+        .map(|t| Triplet {
+            pos: t.query.clone(),
+            ..t
+        })
+        .collect();
+    let cfg = TrainConfig {
+        batch_size: 4,
+        eval_steps: Some(2),
+        ..config(LossKind::Mnrl)
+    };
+    let out = run(&folder, &ck, &data, &val, &cfg);
+    assert_eq!(out.total_steps, 5);
+    let at: Vec<usize> = out.evals.iter().map(|e| e.step).collect();
+    assert_eq!(at, [0, 2, 4, 5]);
+    assert_eq!(at.len(), train::planned_validations(5, Some(2)));
+    for e in &out.evals {
+        assert_eq!(e.metrics[train::BEST_METRIC], 1.0, "step {}", e.step);
+    }
+    assert_eq!(out.best_step, 0, "a tie is not an improvement");
+    assert_eq!(out.best().step, 0);
+}
+
 #[test]
 fn cancel_takes_effect_at_the_next_step_and_keeps_the_best_weights() {
     let dir = tiny_model(&TinySpec::default());
@@ -566,6 +599,9 @@ fn the_best_checkpoint_is_the_best_validation_and_its_weights_reproduce_it() {
     // The first of the highest validation scores, neither the zero-shot one nor the last here.
     let best = (0..ndcg.len()).fold(0, |b, i| if ndcg[i] > ndcg[b] { i } else { b });
     assert_eq!(out.best_step, out.evals[best].step, "{ndcg:?}");
+    assert_eq!(out.best().step, out.best_step);
+    assert_eq!(out.best().metrics, out.evals[best].metrics);
+    assert_eq!(out.zero_shot().step, 0);
     assert!(
         best != 0 && best != ndcg.len() - 1,
         "this run's best is at an end ({best} of {}): the test would not tell a last-step or \

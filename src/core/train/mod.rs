@@ -200,11 +200,17 @@ pub fn eval_every(total_steps: usize, eval_steps: Option<usize>) -> usize {
     }
 }
 
+/// Whether a run of `total_steps` validates after step `step` (1-based): every `every` steps
+/// ([`eval_every`]) and after the last.
+pub fn validates_after(step: usize, total_steps: usize, every: usize) -> bool {
+    step == total_steps || step.is_multiple_of(every)
+}
+
 /// Validations a run makes: the base model's, then every `eval_every` steps and at the end.
 pub fn planned_validations(total_steps: usize, eval_steps: Option<usize>) -> usize {
     let every = eval_every(total_steps, eval_steps);
     1 + (1..=total_steps)
-        .filter(|&i| i == total_steps || i % every == 0)
+        .filter(|&i| validates_after(i, total_steps, every))
         .count()
 }
 
@@ -490,8 +496,7 @@ pub fn train(
         steps.push(point);
         ctx.progress(clock.at(i + 1));
 
-        let last = i + 1 == total_steps;
-        if last || (i + 1) % eval_every == 0 {
+        if validates_after(i + 1, total_steps, eval_every) {
             match validate(&eval_enc, val, ctx) {
                 Ok(metrics) => {
                     let point = EvalPoint {
@@ -553,6 +558,14 @@ mod tests {
         assert_eq!(planned_validations(32, None), 6);
         assert_eq!(planned_validations(10, Some(0)), 2);
         assert_eq!(planned_validations(8, Some(4)), 3);
+        let after = |total, every| {
+            (1..=total)
+                .filter(|&s| validates_after(s, total, every))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(after(5, 2), [2, 4, 5]);
+        assert_eq!(after(6, 3), [3, 6]);
+        assert_eq!(after(3, usize::MAX), [3]);
     }
 
     /// The name the model card and messages show is the one the CLI takes and the run record

@@ -6,8 +6,8 @@
 //!
 //! Layout: op(B) is packed into panels of 32 columns, each a run of k-pairs holding, per column,
 //! the two bf16 values of rows 2p and 2p+1 in one 32-bit word (what `vdpbf16ps` multiplies
-//! pairwise); op(A) into strips of 8 rows, pair-major, so one step of the micro-kernel reads 8
-//! neighbouring words. An 8 × 32 block of C lives in 16 registers while 256 pairs of k stream past
+//! pairwise); op(A) into rows of pairs, so one step of the micro-kernel broadcasts one word from
+//! each of 8 rows (8 streams the prefetcher follows). An 8 × 32 block of C lives in 16 registers while 256 pairs of k stream past
 //! it (8 rather than 12 rows: the debug profile's register allocation spills 24 accumulators);
 //! rows of C are split across threads in blocks of 96.
 //!
@@ -155,38 +155,24 @@ mod x86 {
                     .enumerate()
                     .for_each(|(bi, cb)| {
                         let (r0, rows) = (bi * MB, cb.len() / n);
-                        let strips = rows.div_ceil(MR);
-                        with_buffer(&PACKED_A, strips * kh * MR, |pa| {
-                            // Rows in strips of MR, pair-major inside a strip (the values a
-                            // micro-kernel step broadcasts lie side by side); the rows past
-                            // `rows` in the last strip are 0.
-                            let last = rows - (strips - 1) * MR;
-                            if last < MR {
-                                pa[(strips - 1) * kh * MR..].fill(0);
-                            }
-                            with_buffer(&ROW, kh, |tmp| {
-                                for r in 0..rows {
-                                    let pairs: &[u32] = match pa_all {
-                                        Some(p) => &p[(r0 + r) * kh..(r0 + r + 1) * kh],
-                                        None => {
-                                            let row = &a[(r0 + r) * k..(r0 + r + 1) * k];
-                                            // SAFETY: the caller checked `available()`.
-                                            unsafe { row_pairs(row, tmp) };
-                                            tmp
-                                        }
-                                    };
-                                    let strip = &mut pa[(r / MR) * kh * MR..][..kh * MR];
-                                    for (slot, &v) in
-                                        strip[r % MR..].iter_mut().step_by(MR).zip(pairs)
-                                    {
-                                        *slot = v;
-                                    }
+                        match pa_all {
+                            // SAFETY: the caller checked `available()`; `pa` holds `rows` rows of
+                            // `kh` pairs, `pb` every panel, `cb` `rows` rows of `n`.
+                            Some(p) => unsafe {
+                                block(rows, n, kh, &p[r0 * kh..(r0 + rows) * kh], pb, cb, init);
+                            },
+                            None => with_buffer(&PACKED_A, rows * kh, |pa| {
+                                // Each row as bf16 pairs, rows side by side: a micro-kernel
+                                // step broadcasts one word from each of its rows.
+                                for (r, out) in pa.chunks_exact_mut(kh).enumerate() {
+                                    let row = &a[(r0 + r) * k..(r0 + r + 1) * k];
+                                    // SAFETY: the caller checked `available()`.
+                                    unsafe { row_pairs(row, out) };
                                 }
-                            });
-                            // SAFETY: the caller checked `available()`; `pa` holds `strips`
-                            // strips of `kh` pairs, `pb` every panel, `cb` `rows` rows of `n`.
-                            unsafe { block(rows, n, kh, pa, pb, cb, init) }
-                        });
+                                // SAFETY: as above.
+                                unsafe { block(rows, n, kh, pa, pb, cb, init) }
+                            }),
+                        }
                     });
             };
             if trans_a {
@@ -202,7 +188,6 @@ mod x86 {
 
     thread_local! {
         static PACKED_A: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
-        static ROW: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
         static PACKED_AT: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
         static PACKED_B: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -233,12 +218,14 @@ mod x86 {
     fn row_pairs(row: &[f32], out: &mut [u32]) {
         let full = row.len() / 32;
         for (s, d) in row.chunks_exact(32).zip(out.chunks_exact_mut(16)) {
-            // SAFETY: `s` holds 32 floats, `d` 16 words.
+            // SAFETY: `s` holds 32 floats, `d` 16 words. Masked (all-lane) loads and stores:
+            // the plain ones are `read_unaligned`/`write_unaligned`, which the debug profile
+            // checks and copies through the stack.
             unsafe {
-                let lo = _mm512_loadu_ps(s.as_ptr());
-                let hi = _mm512_loadu_ps(s.as_ptr().add(16));
+                let lo = _mm512_maskz_loadu_ps(!0, s.as_ptr());
+                let hi = _mm512_maskz_loadu_ps(!0, s.as_ptr().wrapping_add(16));
                 let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-                _mm512_storeu_si512(d.as_mut_ptr().cast(), v);
+                _mm512_mask_storeu_epi32(d.as_mut_ptr().cast(), !0, v);
             }
         }
         let rest = &row[full * 32..];
@@ -279,27 +266,33 @@ mod x86 {
                         } else {
                             &zeros[..width]
                         };
-                        pair_rows(r0, r1, &mut o[..width]);
+                        // SAFETY: the caller checked `available()`.
+                        unsafe { pair_rows(r0, r1, &mut o[..width]) };
                     }
                 }
             });
     }
 
-    /// `out[i]` = the bf16 pair (r0[i], r1[i]); branch-free, so it vectorises.
+    /// `out[i]` = the bf16 pair (r0[i], r1[i]), 16 at a time (the `vcvtneps2bf16` rounding);
+    /// the three slices have the same length.
+    #[target_feature(enable = "avx512f,avx512bf16")]
     fn pair_rows(r0: &[f32], r1: &[f32], out: &mut [u32]) {
-        let bits = |x: f32| {
-            let b = x.to_bits();
-            let rounded = b.wrapping_add(0x7FFF).wrapping_add((b >> 16) & 1) >> 16;
-            // NaN (exponent all ones, mantissa non-zero) stays a quiet NaN.
-            let nan = (b & 0x7FFF_FFFF) > 0x7F80_0000;
-            if nan {
-                (b >> 16) | 0x40
-            } else {
-                rounded
+        let n = out.len().min(r0.len()).min(r1.len());
+        let full = n / 16;
+        for i in (0..full).map(|c| c * 16) {
+            // SAFETY: elements i..i+16 of all three slices exist (i + 16 <= n). Masked
+            // (all-lane) loads and stores, as in `row_pairs`.
+            unsafe {
+                let lo = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(!0, r0.as_ptr().wrapping_add(i)));
+                let hi = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(!0, r1.as_ptr().wrapping_add(i)));
+                let lo = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(lo));
+                let hi = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(hi));
+                let v = _mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi));
+                _mm512_mask_storeu_epi32(out.as_mut_ptr().wrapping_add(i).cast(), !0, v);
             }
-        };
-        for ((o, &x), &y) in out.iter_mut().zip(r0).zip(r1) {
-            *o = bits(x) | (bits(y) << 16);
+        }
+        for j in full * 16..n {
+            out[j] = pair(r0[j], r1[j]);
         }
     }
 
@@ -324,7 +317,8 @@ mod x86 {
                         } else {
                             &zeros[..ni]
                         };
-                        pair_rows(r0, r1, &mut t[..ni]);
+                        // SAFETY: the caller checked `available()`.
+                        unsafe { pair_rows(r0, r1, &mut t[..ni]) };
                     }
                     for (ii, row) in rows.chunks_mut(kh).enumerate() {
                         for (pp, t) in tile.iter().enumerate().take(np) {
@@ -335,10 +329,11 @@ mod x86 {
             });
     }
 
-    /// All of C's `rows x n` block: k in passes of [`KC`] pairs, panels, then 12-row strips.
+    /// All of C's `rows x n` block: k in passes of [`KC`] pairs, panels, then strips of
+    /// [`MR`] rows; `pa` holds the rows' pairs, `kh` per row.
     #[target_feature(enable = "avx512f,avx512bf16")]
     fn block(rows: usize, n: usize, kh: usize, pa: &[u32], pb: &[u32], c: &mut [f32], init: Init) {
-        assert!(pa.len() >= rows.div_ceil(MR) * kh * MR && c.len() >= rows * n);
+        assert!(pa.len() >= rows * kh && c.len() >= rows * n);
         assert!(pb.len() >= n.div_ceil(NR) * kh * NR);
         let mut p0 = 0;
         while p0 < kh {
@@ -354,8 +349,10 @@ mod x86 {
                 let add = matches!(start, Init::Add);
                 for r in (0..rows).step_by(MR) {
                     let mr = MR.min(rows - r);
+                    let mr_span = (mr - 1) * kh + kc;
                     let t = Tile {
-                        a: pa[(r / MR) * kh * MR + p0 * MR..][..kc * MR].as_ptr(),
+                        a: pa[r * kh + p0..][..mr_span].as_ptr(),
+                        lda: kh,
                         b: bp.as_ptr(),
                         c: c[r * n + j0..].as_mut_ptr(),
                         ldc: n,
@@ -364,7 +361,7 @@ mod x86 {
                         add,
                         bias: bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
                     };
-                    // SAFETY: the strip holds kc*MR words from pair p0, `bp` kc*NR words, rows
+                    // SAFETY: rows r..r+mr hold kc words from pair p0, `bp` kc*NR words, rows
                     // r..r+mr of C reach column j0+nv; the features are enabled on this
                     // function.
                     unsafe {
@@ -387,8 +384,9 @@ mod x86 {
 
     /// One micro-kernel call: R rows × up to 32 columns of C over `kc` pairs.
     struct Tile {
-        /// The strip's pairs from p0: MR words per step.
+        /// The first row's pairs from p0; row r's are `r * lda` words on.
         a: *const u32,
+        lda: usize,
         b: *const u32,
         c: *mut f32,
         ldc: usize,
@@ -444,22 +442,24 @@ mod x86 {
             rows!(0 1 2 3 4 5 6 7);
             let (mut a, mut b) = (t.a, t.b);
             for _ in 0..t.kc {
-                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
+                // Masked loads (all lanes): `_mm512_loadu_si512` is a `read_unaligned`, which
+                // the debug profile checks and copies through the stack on every step.
+                let b0: __m512bh = std::mem::transmute(_mm512_maskz_loadu_epi32(!0, b.cast()));
                 let b1: __m512bh =
-                    std::mem::transmute(_mm512_loadu_si512(b.wrapping_add(16).cast()));
+                    std::mem::transmute(_mm512_maskz_loadu_epi32(!0, b.wrapping_add(16).cast()));
                 macro_rules! rows_body {
                     ($r:literal) => {
                         // An intrinsic load, not `*ptr`: the debug profile checks the
                         // alignment of every raw-pointer dereference.
                         let x: __m512bh = std::mem::transmute(_mm512_broadcastss_ps(_mm_load_ss(
-                            a.wrapping_add($r).cast::<f32>(),
+                            a.wrapping_add($r * t.lda).cast::<f32>(),
                         )));
                         acc[$r][0] = _mm512_dpbf16_ps(acc[$r][0], x, b0);
                         acc[$r][1] = _mm512_dpbf16_ps(acc[$r][1], x, b1);
                     };
                 }
                 rows!(0 1 2 3 4 5 6 7);
-                a = a.wrapping_add(MR);
+                a = a.wrapping_add(1);
                 b = b.wrapping_add(NR);
             }
             macro_rules! rows_body {
