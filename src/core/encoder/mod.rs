@@ -349,10 +349,13 @@ impl Encoder {
         h.update(&[0]);
         h.update(&(self.max_seq_len as u64).to_le_bytes());
         h.update(&(self.truncate_dim.unwrap_or(0) as u64).to_le_bytes());
-        // f32 vectors keep the keys they had before there were other modes.
+        // f32 vectors keep the keys they had before there were other modes. A reduced-precision
+        // mode's key names its kernels' revision, so vectors from earlier kernels (bf16 1: dense
+        // products only; 2: attention's products too) are computed again, not served.
         if self.compute() != Compute::F32 {
             h.update(b"\0compute=");
             h.update(self.compute().name().as_bytes());
+            h.update(b"/2");
         }
         *h.finalize().as_bytes()
     }

@@ -2,9 +2,42 @@
 //! (dropped out in training) times V, with the products reading and writing the heads in place
 //! through strides. The bias is MPNet's relative position bias (none for BERT and XLM-R).
 
+use super::bf16::{gemm_strided as bf16_gemm, Init};
 use super::blas::sgemm_strided;
 use super::kernels::{softmax_grad_rows, softmax_rows};
 use super::{sized, Dims};
+use crate::core::backend::Compute;
+
+/// `c = op(a) · op(b)` on strided views, in the model's compute mode: f32, or bf16 inputs with
+/// f32 sums (the probabilities and the heads rounded to bf16 as they are packed).
+#[allow(clippy::too_many_arguments)]
+fn product(
+    compute: Compute,
+    trans_a: bool,
+    trans_b: bool,
+    (m, n, k): (usize, usize, usize),
+    (a, lda): (&[f32], usize),
+    (b, ldb): (&[f32], usize),
+    (c, ldc): (&mut [f32], usize),
+) {
+    match compute {
+        Compute::Bf16 => bf16_gemm(
+            trans_a,
+            trans_b,
+            m,
+            n,
+            k,
+            a,
+            lda,
+            b,
+            ldb,
+            c,
+            ldc,
+            Init::Zero,
+        ),
+        Compute::F32 => sgemm_strided(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, false),
+    }
+}
 
 /// MPNet's relative position buckets (transformers' `MPNetEncoder.relative_position_bucket`,
 /// max distance 128) of every relative position `j - i` a text of the model can have.
@@ -111,7 +144,9 @@ impl<'a> Qkv<'a> {
 /// keeps each head's probabilities (heads, len, len). Inference keeps one head's scores in a
 /// buffer that stays in cache, and divides by the softmax's sums after the product (len · d
 /// divisions instead of len²).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn attend_sequence(
+    compute: Compute,
     dm: Dims,
     len: usize,
     x: Qkv,
@@ -135,19 +170,14 @@ pub(super) fn attend_sequence(
             Some(all) => &mut all[head * len * len..(head + 1) * len * len],
             None => sized(&mut local, len * len),
         };
-        sgemm_strided(
+        product(
+            compute,
             false,
             true,
-            len,
-            len,
-            d,
-            &x.q[off..],
-            ld,
-            &x.k[off..],
-            ld,
-            p,
-            len,
-            false,
+            (len, len, d),
+            (&x.q[off..], ld),
+            (&x.k[off..], ld),
+            (p, len),
         );
         match bias {
             Some(b) => {
@@ -167,19 +197,14 @@ pub(super) fn attend_sequence(
             }
             None => p,
         };
-        sgemm_strided(
+        product(
+            compute,
             false,
             false,
-            len,
-            d,
-            len,
-            p,
-            len,
-            &x.v[off..],
-            ld,
-            &mut ctx[off..],
-            h,
-            false,
+            (len, d, len),
+            (p, len),
+            (&x.v[off..], ld),
+            (&mut ctx[off..], h),
         );
         if !train {
             for (row, &inv) in ctx.chunks_mut(h).zip(&inv_sums) {
@@ -194,6 +219,7 @@ pub(super) fn attend_sequence(
 /// len). Returns the sequence's share of the bias table's gradient (empty without a bias).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attend_sequence_backward(
+    compute: Compute,
     dm: Dims,
     len: usize,
     x: Qkv,
@@ -230,33 +256,23 @@ pub(super) fn attend_sequence_backward(
         };
         let dctx_h = &dctx[off..];
         // d(dropped probs) = dctx · Vᵀ; dV = dropped probsᵀ · dctx.
-        sgemm_strided(
+        product(
+            compute,
             false,
             true,
-            len,
-            len,
-            d,
-            dctx_h,
-            h,
-            &x.v[off..],
-            h,
-            &mut dp,
-            len,
-            false,
+            (len, len, d),
+            (dctx_h, h),
+            (&x.v[off..], h),
+            (&mut dp, len),
         );
-        sgemm_strided(
+        product(
+            compute,
             true,
             false,
-            len,
-            d,
-            len,
-            pd,
-            len,
-            dctx_h,
-            h,
-            &mut dv[off..],
-            h,
-            false,
+            (len, d, len),
+            (pd, len),
+            (dctx_h, h),
+            (&mut dv[off..], h),
         );
         if let Some(keep) = keep {
             dp.iter_mut().zip(keep).for_each(|(g, &m)| *g *= m);
@@ -271,33 +287,23 @@ pub(super) fn attend_sequence_backward(
             None => softmax_grad_rows(&mut dp, probs, len, scale),
         }
         // dQ = dS · K; dK = dSᵀ · Q.
-        sgemm_strided(
+        product(
+            compute,
             false,
             false,
-            len,
-            d,
-            len,
-            &dp,
-            len,
-            &x.k[off..],
-            h,
-            &mut dq[off..],
-            h,
-            false,
+            (len, d, len),
+            (&dp, len),
+            (&x.k[off..], h),
+            (&mut dq[off..], h),
         );
-        sgemm_strided(
+        product(
+            compute,
             true,
             false,
-            len,
-            d,
-            len,
-            &dp,
-            len,
-            &x.q[off..],
-            h,
-            &mut dk[off..],
-            h,
-            false,
+            (len, d, len),
+            (&dp, len),
+            (&x.q[off..], h),
+            (&mut dk[off..], h),
         );
     }
     dbias

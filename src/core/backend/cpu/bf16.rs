@@ -91,38 +91,81 @@ pub fn gemm(
     c: &mut [f32],
     init: Init,
 ) {
+    let lda = if trans_a { m } else { k };
+    let ldb = if trans_b { k } else { n };
+    gemm_strided(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, n, init);
+}
+
+/// [`gemm`] on matrices whose rows lie `lda`, `ldb` and `ldc` elements apart (views into wider
+/// buffers, as [`super::blas::sgemm_strided`]): row r of the stored `a` starts at `r * lda`.
+///
+/// # Panics
+/// As [`gemm`], and when a leading dimension is smaller than its row.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_strided(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    init: Init,
+) {
     assert!(available(), "bf16 products need AVX512-BF16");
-    let covers = |len: usize, r: usize, c: usize| r.checked_mul(c).is_some_and(|x| x <= len);
+    if m == 0 || n == 0 {
+        return;
+    }
+    // The stored matrix's rows and columns reach (rows - 1) * ld + cols elements.
+    let covers = |len: usize, rows: usize, cols: usize, ld: usize| {
+        cols <= ld
+            && (rows == 0
+                || (rows - 1)
+                    .checked_mul(ld)
+                    .and_then(|x| x.checked_add(cols))
+                    .is_some_and(|x| x <= len))
+    };
+    let (ar, ac) = if trans_a { (k, m) } else { (m, k) };
+    let (br, bc) = if trans_b { (n, k) } else { (k, n) };
     assert!(
-        covers(a.len(), m, k),
-        "bf16 gemm: A is shorter than {m} x {k}"
+        covers(a.len(), ar, ac, lda),
+        "bf16 gemm: A is shorter than {ar} x {ac} (rows {lda} apart)"
     );
     assert!(
-        covers(b.len(), k, n),
-        "bf16 gemm: B is shorter than {k} x {n}"
+        covers(b.len(), br, bc, ldb),
+        "bf16 gemm: B is shorter than {br} x {bc} (rows {ldb} apart)"
     );
     assert!(
-        covers(c.len(), m, n),
-        "bf16 gemm: C is shorter than {m} x {n}"
+        covers(c.len(), m, n, ldc),
+        "bf16 gemm: C is shorter than {m} x {n} (rows {ldc} apart)"
     );
     if let Init::Bias(bias) = init {
         assert!(bias.len() >= n, "bf16 gemm: bias is shorter than {n}");
     }
-    if m == 0 || n == 0 {
-        return;
-    }
     if k == 0 {
-        match init {
-            Init::Zero => c[..m * n].fill(0.0),
-            Init::Add => {}
-            Init::Bias(bias) => c[..m * n]
-                .chunks_mut(n)
-                .for_each(|r| r.copy_from_slice(&bias[..n])),
+        for r in c.chunks_mut(ldc).take(m) {
+            match init {
+                Init::Zero => r[..n].fill(0.0),
+                Init::Add => {}
+                Init::Bias(bias) => r[..n].copy_from_slice(&bias[..n]),
+            }
         }
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    x86::gemm(trans_a, trans_b, m, n, k, a, b, c, init);
+    x86::gemm(
+        trans_a,
+        trans_b,
+        (m, n, k),
+        (a, lda),
+        (b, ldb),
+        (c, ldc),
+        init,
+    );
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("available() is false off x86_64");
 }
@@ -132,52 +175,53 @@ mod x86 {
     use super::*;
     use std::arch::x86_64::*;
 
-    #[allow(clippy::too_many_arguments)]
+    /// The checked arguments of [`super::gemm_strided`]: the sizes, each matrix with its
+    /// leading dimension.
     pub(super) fn gemm(
         trans_a: bool,
         trans_b: bool,
-        m: usize,
-        n: usize,
-        k: usize,
-        a: &[f32],
-        b: &[f32],
-        c: &mut [f32],
+        (m, n, k): (usize, usize, usize),
+        (a, lda): (&[f32], usize),
+        (b, ldb): (&[f32], usize),
+        (c, ldc): (&mut [f32], usize),
         init: Init,
     ) {
         let kh = k.div_ceil(2);
         let panels = n.div_ceil(NR);
         with_buffer(&PACKED_B, panels * kh * NR, |pb| {
-            pack_b(trans_b, n, k, kh, b, pb);
+            pack_b(trans_b, n, k, kh, b, ldb, pb);
             let pb = &*pb;
             let mut run = |pa_all: Option<&[u32]>| {
-                c[..m * n]
-                    .par_chunks_mut(MB * n)
+                let reach = (m - 1) * ldc + n;
+                c[..reach]
+                    .par_chunks_mut(MB * ldc)
                     .enumerate()
                     .for_each(|(bi, cb)| {
-                        let (r0, rows) = (bi * MB, cb.len() / n);
+                        let (r0, rows) = (bi * MB, (cb.len() + ldc - n) / ldc);
                         match pa_all {
                             // SAFETY: the caller checked `available()`; `pa` holds `rows` rows of
                             // `kh` pairs, `pb` every panel, `cb` `rows` rows of `n`.
                             Some(p) => unsafe {
-                                block(rows, n, kh, &p[r0 * kh..(r0 + rows) * kh], pb, cb, init);
+                                let pa = &p[r0 * kh..(r0 + rows) * kh];
+                                block(rows, n, kh, pa, pb, (cb, ldc), init);
                             },
                             None => with_buffer(&PACKED_A, rows * kh, |pa| {
                                 // Each row as bf16 pairs, rows side by side: a micro-kernel
                                 // step broadcasts one word from each of its rows.
                                 for (r, out) in pa.chunks_exact_mut(kh).enumerate() {
-                                    let row = &a[(r0 + r) * k..(r0 + r + 1) * k];
+                                    let row = &a[(r0 + r) * lda..][..k];
                                     // SAFETY: the caller checked `available()`.
                                     unsafe { row_pairs(row, out) };
                                 }
                                 // SAFETY: as above.
-                                unsafe { block(rows, n, kh, pa, pb, cb, init) }
+                                unsafe { block(rows, n, kh, pa, pb, (cb, ldc), init) }
                             }),
                         }
                     });
             };
             if trans_a {
                 with_buffer(&PACKED_AT, m * kh, |pa| {
-                    pack_a_trans(m, k, kh, a, pa);
+                    pack_a_trans(k, kh, a, lda, pa);
                     run(Some(pa));
                 });
             } else {
@@ -236,7 +280,7 @@ mod x86 {
 
     /// op(b) into panels of 32 columns × `kh` pairs (columns past `n` and the pair after an
     /// odd `k` are 0), one panel per work item.
-    fn pack_b(trans_b: bool, n: usize, k: usize, kh: usize, b: &[f32], pb: &mut [u32]) {
+    fn pack_b(trans_b: bool, n: usize, k: usize, kh: usize, b: &[f32], ldb: usize, pb: &mut [u32]) {
         pb.par_chunks_mut(kh * NR)
             .enumerate()
             .for_each(|(panel, out)| {
@@ -251,7 +295,7 @@ mod x86 {
                     for jj in 0..width {
                         let j = j0 + jj;
                         // SAFETY: the caller checked `available()`.
-                        unsafe { row_pairs(&b[j * k..(j + 1) * k], &mut tmp) };
+                        unsafe { row_pairs(&b[j * ldb..][..k], &mut tmp) };
                         for (slot, &v) in out[jj..].iter_mut().step_by(NR).zip(&tmp) {
                             *slot = v;
                         }
@@ -260,9 +304,9 @@ mod x86 {
                     // Rows 2p and 2p+1 of b interleaved, 32 columns at a time.
                     let zeros = [0f32; NR];
                     for (p, o) in out.chunks_exact_mut(NR).enumerate() {
-                        let r0 = &b[2 * p * n + j0..][..width];
+                        let r0 = &b[2 * p * ldb + j0..][..width];
                         let r1 = if 2 * p + 1 < k {
-                            &b[(2 * p + 1) * n + j0..][..width]
+                            &b[(2 * p + 1) * ldb + j0..][..width]
                         } else {
                             &zeros[..width]
                         };
@@ -296,9 +340,9 @@ mod x86 {
         }
     }
 
-    /// op(a) = aᵀ (a stored `k x m`) as rows of pairs into `pa` (`m * kh` words), transposed
-    /// in 64 × 64 tiles.
-    fn pack_a_trans(m: usize, k: usize, kh: usize, a: &[f32], pa: &mut [u32]) {
+    /// op(a) = aᵀ (a stored `k x m`, rows `lda` apart) as rows of pairs into `pa` (`m * kh`
+    /// words), transposed in 64 × 64 tiles.
+    fn pack_a_trans(k: usize, kh: usize, a: &[f32], lda: usize, pa: &mut [u32]) {
         const T: usize = 64;
         pa.par_chunks_mut(T * kh)
             .enumerate()
@@ -311,9 +355,9 @@ mod x86 {
                     let zeros = [0f32; T];
                     for (pp, t) in tile.iter_mut().enumerate().take(np) {
                         let q = 2 * (p0 + pp);
-                        let r0 = &a[q * m + i0..][..ni];
+                        let r0 = &a[q * lda + i0..][..ni];
                         let r1 = if q + 1 < k {
-                            &a[(q + 1) * m + i0..][..ni]
+                            &a[(q + 1) * lda + i0..][..ni]
                         } else {
                             &zeros[..ni]
                         };
@@ -332,8 +376,16 @@ mod x86 {
     /// All of C's `rows x n` block: k in passes of [`KC`] pairs, panels, then strips of
     /// [`MR`] rows; `pa` holds the rows' pairs, `kh` per row.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    fn block(rows: usize, n: usize, kh: usize, pa: &[u32], pb: &[u32], c: &mut [f32], init: Init) {
-        assert!(pa.len() >= rows * kh && c.len() >= rows * n);
+    fn block(
+        rows: usize,
+        n: usize,
+        kh: usize,
+        pa: &[u32],
+        pb: &[u32],
+        (c, ldc): (&mut [f32], usize),
+        init: Init,
+    ) {
+        assert!(pa.len() >= rows * kh && n <= ldc && c.len() >= (rows - 1) * ldc + n);
         assert!(pb.len() >= n.div_ceil(NR) * kh * NR);
         let mut p0 = 0;
         while p0 < kh {
@@ -354,8 +406,8 @@ mod x86 {
                         a: pa[r * kh + p0..][..mr_span].as_ptr(),
                         lda: kh,
                         b: bp.as_ptr(),
-                        c: c[r * n + j0..].as_mut_ptr(),
-                        ldc: n,
+                        c: c[r * ldc + j0..].as_mut_ptr(),
+                        ldc,
                         kc,
                         nv,
                         add,
@@ -520,6 +572,56 @@ mod tests {
                     for (j, v) in row.iter().enumerate() {
                         assert_eq!(*v, want[i * n + j] + bias[j], "bias {i},{j}");
                     }
+                }
+            }
+        }
+    }
+
+    /// Views into wider buffers (as attention's heads are) give the dense product, and C's
+    /// elements outside the view keep their values.
+    #[test]
+    fn strided_views_equal_the_dense_product() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let (m, n, k) = (131, 37, 45);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 17) as f32 - 8.0).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
+        // `rows x cols` stored with `pad` extra elements per row (filled with NaN: a read outside
+        // the view would show in the result).
+        let widen = |x: &[f32], rows: usize, cols: usize, pad: usize| {
+            let mut w = vec![f32::NAN; rows * (cols + pad)];
+            for r in 0..rows {
+                w[r * (cols + pad)..][..cols].copy_from_slice(&x[r * cols..][..cols]);
+            }
+            w
+        };
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let (ar, ac) = if ta { (k, m) } else { (m, k) };
+            let (br, bc) = if tb { (n, k) } else { (k, n) };
+            let want = naive(ta, tb, m, n, k, &a, &b);
+            let (wa, wb) = (widen(&a, ar, ac, 3), widen(&b, br, bc, 5));
+            let ldc = n + 7;
+            let mut c = vec![-1.0f32; (m - 1) * ldc + n];
+            gemm_strided(
+                ta,
+                tb,
+                m,
+                n,
+                k,
+                &wa,
+                ac + 3,
+                &wb,
+                bc + 5,
+                &mut c,
+                ldc,
+                Init::Zero,
+            );
+            for i in 0..m {
+                assert_eq!(&c[i * ldc..][..n], &want[i * n..][..n], "{ta} {tb} row {i}");
+                if i + 1 < m {
+                    assert!(c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == -1.0));
                 }
             }
         }

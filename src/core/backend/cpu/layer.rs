@@ -282,7 +282,7 @@ pub(super) fn layer_forward(
         .for_each(|(row, (c, pr))| {
             let keep = keep.map(|m| &m[at.blocks[row].clone()]);
             let x = Qkv::from(q, k, v, ld, at.tokens[row]);
-            attend_sequence(dm, lens[row], x, bias, c, pr, keep);
+            attend_sequence(p.compute, dm, lens[row], x, bias, c, pr, keep);
         });
     // Attention output: dense, dropout, residual, layer norm.
     let scratch = sized(&mut acts.scratch, n * h);
@@ -432,7 +432,7 @@ pub(super) fn layer_backward(
             let (len, first) = (lens[row], at.tokens[row]);
             let x = Qkv::from(&acts.q, &acts.k, &acts.v, h, first);
             let dctx = &dctx[first * h..];
-            attend_sequence_backward(dm, len, x, bias, probs, keep, dctx, dq, dk, dv)
+            attend_sequence_backward(p.compute, dm, len, x, bias, probs, keep, dctx, dq, dk, dv)
         })
         .collect();
     if let Some(i) = p.lay.rel_bias {

@@ -194,7 +194,7 @@ impl EmbedBackend for CpuModel {
                 blas::backend()
             ),
             Compute::Bf16 => format!(
-                "tripletlab CPU engine ({}, bf16 dense products on AVX512-BF16, attention on {})",
+                "tripletlab CPU engine ({}, bf16 products on AVX512-BF16, the rest f32 on {})",
                 self.cfg.arch.name(),
                 blas::backend()
             ),
