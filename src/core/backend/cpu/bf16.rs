@@ -530,6 +530,22 @@ mod tests {
     use super::super::blas::tests::naive;
     use super::*;
 
+    /// Whether this CPU lacks AVX512-BF16 (then the test is skipped, and says so).
+    fn skipped() -> bool {
+        let skip = !available();
+        if skip {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+        }
+        skip
+    }
+
+    /// `len` small integers (exact in bf16, their products' sums exact in f32), centred on 0.
+    fn exact(len: usize, step: usize, modulus: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * step) % modulus) as f32 - (modulus / 2) as f32)
+            .collect()
+    }
+
     #[test]
     fn rounding_is_to_nearest_even() {
         // 1 + 2^-8 lies halfway between two bf16 values: it goes to the even one (1.0); a hair
@@ -550,13 +566,11 @@ mod tests {
     /// each way C starts.
     #[test]
     fn products_equal_a_plain_product_on_exact_inputs() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AVX512-BF16");
+        if skipped() {
             return;
         }
         for (m, n, k) in [(37, 29, 70), (301, 140, 131), (13, 33, 1), (96, 64, 600)] {
-            let a: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 17) as f32 - 8.0).collect();
-            let b: Vec<f32> = (0..n * k).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
+            let (a, b) = (exact(m * k, 37, 17), exact(n * k, 5, 11));
             let bias: Vec<f32> = (0..n).map(|j| j as f32 - 3.0).collect();
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
                 let want = naive(ta, tb, m, n, k, &a, &b);
@@ -581,13 +595,11 @@ mod tests {
     /// elements outside the view keep their values.
     #[test]
     fn strided_views_equal_the_dense_product() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AVX512-BF16");
+        if skipped() {
             return;
         }
         let (m, n, k) = (131, 37, 45);
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 17) as f32 - 8.0).collect();
-        let b: Vec<f32> = (0..n * k).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
+        let (a, b) = (exact(m * k, 37, 17), exact(n * k, 5, 11));
         // `rows x cols` stored with `pad` extra elements per row (filled with NaN: a read outside
         // the view would show in the result).
         let widen = |x: &[f32], rows: usize, cols: usize, pad: usize| {
@@ -631,8 +643,7 @@ mod tests {
     /// summation error), and a row's values do not depend on the other rows of the call.
     #[test]
     fn products_are_of_the_rounded_inputs_and_independent_of_the_batch() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AVX512-BF16");
+        if skipped() {
             return;
         }
         let (m, n, k) = (50, 70, 333);
