@@ -110,7 +110,7 @@ pub struct BenchArgs {
     /// Write the figures as JSON here (else to stdout).
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Arithmetic of the dense products: `f32` (exact, default), `bf16` (AVX512-BF16: rounded
+    /// Arithmetic of the matrix products: `f32` (exact, default), `bf16` (AVX512-BF16: rounded
     /// inputs, f32 sums, faster) or `auto` (the fastest this CPU runs).
     #[arg(long, default_value = "f32", value_parser = Compute::parse)]
     pub compute: Compute,
@@ -135,7 +135,7 @@ pub struct EncoderArgs {
     /// sentence-transformers' truncate_dim.
     #[arg(long)]
     pub truncate_dim: Option<usize>,
-    /// Arithmetic of the dense products: `f32` (exact, default), `bf16` (AVX512-BF16: rounded
+    /// Arithmetic of the matrix products: `f32` (exact, default), `bf16` (AVX512-BF16: rounded
     /// inputs, f32 sums, faster) or `auto` (the fastest this CPU runs).
     #[arg(long, default_value = "f32", value_parser = Compute::parse)]
     pub compute: Compute,
@@ -226,7 +226,7 @@ pub struct GridArgs {
     /// Prompts: `auto`, `none`, or `QUERY,DOCUMENT`.
     #[arg(long, default_value = "auto")]
     pub prompts: String,
-    /// Arithmetic of the dense products: `f32` (exact, default), `bf16` (AVX512-BF16: rounded
+    /// Arithmetic of the matrix products: `f32` (exact, default), `bf16` (AVX512-BF16: rounded
     /// inputs, f32 sums, faster) or `auto` (the fastest this CPU runs).
     #[arg(long, default_value = "f32", value_parser = Compute::parse)]
     pub compute: Compute,
@@ -327,7 +327,7 @@ pub struct CompareArgs {
     /// Prompts: `auto`, `none`, or `QUERY,DOCUMENT`.
     #[arg(long, default_value = "auto")]
     pub prompts: String,
-    /// Arithmetic of the dense products: `f32` (exact, default), `bf16` (AVX512-BF16: rounded
+    /// Arithmetic of the matrix products: `f32` (exact, default), `bf16` (AVX512-BF16: rounded
     /// inputs, f32 sums, faster) or `auto` (the fastest this CPU runs).
     #[arg(long, default_value = "f32", value_parser = Compute::parse)]
     pub compute: Compute,
@@ -391,8 +391,8 @@ pub struct FinetuneArgs {
     /// Prompts: `auto`, `none`, or `QUERY,DOCUMENT`.
     #[arg(long, default_value = "auto")]
     pub prompts: String,
-    /// Arithmetic of the dense products: `f32` (default), `bf16` (mixed precision on AVX512-BF16:
-    /// f32 master weights and optimizer state, bf16 inputs to every dense product) or `auto`.
+    /// Arithmetic of the matrix products: `f32` (default), `bf16` (mixed precision on AVX512-BF16:
+    /// f32 master weights and optimizer state, bf16 inputs to every matrix product) or `auto`.
     #[arg(long, default_value = "f32", value_parser = Compute::parse)]
     pub compute: Compute,
     /// Write the whole training log (steps, validations, settings) as JSON here.

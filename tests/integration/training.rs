@@ -299,8 +299,27 @@ fn validation_runs_every_eval_steps_and_after_the_last_step() {
         eval_steps: Some(2),
         ..config(LossKind::Mnrl)
     };
-    let out = run(&folder, &ck, &data, &val, &cfg);
+    let progress = std::sync::Mutex::new(Vec::new());
+    let emit = |u: Update<TrainEvent>| {
+        if let Update::Progress(p) = u {
+            if p.stage == "training" {
+                progress.lock().unwrap().push((p.done, p.total));
+            }
+        }
+    };
+    let out = train::train(
+        &folder,
+        &ck,
+        &data,
+        &val,
+        &cfg,
+        &JobCtx::new(CancelToken::new(), &emit),
+    )
+    .unwrap();
     assert_eq!(out.total_steps, 5);
+    // Progress counts the steps done, up to all of them.
+    let progress = progress.into_inner().unwrap();
+    assert_eq!(progress, [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]);
     let at: Vec<usize> = out.evals.iter().map(|e| e.step).collect();
     assert_eq!(at, [0, 2, 4, 5]);
     assert_eq!(at.len(), train::planned_validations(5, Some(2)));
