@@ -74,7 +74,7 @@ impl Batch {
 
 /// The arithmetic of the CPU engine's matrix products. f32 is exact to sentence-transformers and
 /// the default; bf16 rounds both inputs of every matrix product (the dense layers and attention's
-/// products) to bf16 and sums in f32, on the CPU's AVX512-BF16 unit (about 1.7x the embedding
+/// products) to bf16 and sums in f32, on the CPU's AVX512-BF16 unit (about 1.8x the embedding
 /// speed; agreement with f32 is measured and shown, README "Speed"). Softmax, layer norms,
 /// activations and pooling stay f32.
 #[derive(
