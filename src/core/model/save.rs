@@ -350,3 +350,116 @@ fn write_folder(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::tiny::{write_tiny_bert, TinySpec};
+
+    /// A process that has exited (this one's finished child).
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_process_may_be_running_unless_it_has_exited() {
+        assert!(process_may_be_running(std::process::id()));
+        assert!(process_may_be_running(1));
+        assert!(!process_may_be_running(dead_pid()));
+    }
+
+    /// A dead save's whole old folder goes back where the target is missing, its partial folder
+    /// goes; a live process's leftovers and other names' are left alone; with the target present
+    /// an old folder is removed.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn leftovers_of_dead_saves_are_recovered_or_removed() {
+        let parent = tempfile::tempdir().unwrap();
+        let p = parent.path();
+        let (dead, live) = (dead_pid(), std::process::id());
+        let make = |name: &str| {
+            std::fs::create_dir(p.join(name)).unwrap();
+            std::fs::write(p.join(name).join("model.safetensors"), name).unwrap();
+        };
+        let old = format!(".m.old-{dead}-5");
+        make(&old);
+        make(&format!(".m.partial-{dead}-6"));
+        make(&format!(".m.partial-{live}-7"));
+        make(&format!(".other.partial-{dead}-8"));
+        recover_leftovers(p, "m");
+        let names = |p: &Path| {
+            let mut v: Vec<String> = std::fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let mut want = vec![
+            format!(".m.partial-{live}-7"),
+            format!(".other.partial-{dead}-8"),
+            "m".to_string(),
+        ];
+        want.sort();
+        assert_eq!(names(p), want);
+        assert_eq!(
+            std::fs::read_to_string(p.join("m/model.safetensors")).unwrap(),
+            old
+        );
+        // The target is there now: another dead save's old folder is removed, not put back.
+        make(&format!(".m.old-{dead}-9"));
+        recover_leftovers(p, "m");
+        assert_eq!(names(p), want);
+        assert_eq!(
+            std::fs::read_to_string(p.join("m/model.safetensors")).unwrap(),
+            old
+        );
+    }
+
+    /// A save writes the folder at an absolute path (no leftovers beside it), replaces a folder
+    /// there, and refuses a path that is a file.
+    #[test]
+    fn a_save_writes_replaces_and_refuses_a_file_target() {
+        let src = tempfile::tempdir().unwrap();
+        write_tiny_bert(src.path(), &TinySpec::default()).unwrap();
+        let folder = ModelFolder::open(src.path(), "tiny").unwrap();
+        let ck = Checkpoint::read(&folder).unwrap();
+        let settings = SaveSettings {
+            max_seq_length: 48,
+            prompts: Prompts::none(),
+            model_card: "# test\n".into(),
+            extra_files: Vec::new(),
+        };
+        let work = tempfile::tempdir().unwrap();
+        let out = work.path().join("saved");
+        let mut files = Vec::new();
+        for _ in 0..2 {
+            files.clear();
+            let weights = HashMap::new();
+            save_model_folder(&out, &folder, &ck, &weights, &settings, &mut |f| {
+                files.push(f.to_path_buf());
+            })
+            .unwrap();
+            assert!(out.join("model.safetensors").is_file());
+            assert!(out.join("1_Pooling/config.json").is_file());
+            assert!(files.iter().any(|f| f.ends_with("model.safetensors")));
+            // Written beside the target (the same file system, so the rename is atomic).
+            assert!(
+                files.iter().all(|f| f.starts_with(work.path())),
+                "{files:?}"
+            );
+            let beside: Vec<_> = std::fs::read_dir(work.path()).unwrap().collect();
+            assert_eq!(beside.len(), 1, "only the saved folder is left");
+        }
+        let file = work.path().join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        let err = save_model_folder(&file, &folder, &ck, &HashMap::new(), &settings, &mut |_| {})
+            .unwrap_err();
+        assert!(matches!(err, SaveError::Target(_)), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+    }
+}
