@@ -137,6 +137,29 @@ mod tests {
                 }
             }
         }
+        // Batches fill up to the batch size when nothing conflicts.
+        let distinct: Vec<Triplet> = (0..20)
+            .map(|i| t(&format!("q{i}"), &format!("p{i}"), &format!("n{i}")))
+            .collect();
+        let sizes: Vec<usize> = no_duplicate_batches(&distinct, 8, &mut rng)
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, [8, 8, 4]);
+    }
+
+    /// Every index once, in batches of the batch size (the last smaller), in a seeded random
+    /// order.
+    #[test]
+    fn shuffled_batches_cover_every_index_once() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let batches = shuffled_batches(10, 4, &mut rng);
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 2]);
+        let flat: Vec<usize> = batches.concat();
+        assert_ne!(flat, (0..10).collect::<Vec<_>>(), "shuffled");
+        let mut sorted = flat;
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..10).collect::<Vec<_>>());
     }
 
     #[test]
