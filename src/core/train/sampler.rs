@@ -182,5 +182,9 @@ mod tests {
         for (a, b) in lrs.iter().zip(want) {
             assert!((a - b).abs() < 1e-12, "{lrs:?}");
         }
+        // Without warm-up the first step runs at the peak and the decay reaches 0 at the end.
+        assert_eq!(linear_lr(0, 10, 0, 1.0), 1.0);
+        assert_eq!(linear_lr(5, 10, 0, 1.0), 0.5);
+        assert_eq!(linear_lr(10, 10, 0, 1.0), 0.0);
     }
 }
