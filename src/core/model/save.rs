@@ -128,18 +128,54 @@ pub fn save_model_folder(
 /// folder moves aside to `old` first; a process killed between the two renames leaves the target
 /// missing and `old` whole, which [`recover_leftovers`] puts back before the next save.
 fn swap_into_place(tmp: &Path, out: &Path, old: &Path) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    let exchange = |a: &Path, b: &Path| {
+        use rustix::fs::{renameat_with, RenameFlags, CWD};
+        renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE)
+    };
+    #[cfg(not(target_os = "linux"))]
+    let exchange = |_: &Path, _: &Path| Err(Unsupported);
+    swap_into_place_with(tmp, out, old, exchange)
+}
+
+/// An exchange error that means "this file system cannot exchange" (off Linux: always).
+#[cfg(not(target_os = "linux"))]
+#[derive(Debug, Clone, Copy)]
+struct Unsupported;
+
+#[cfg(target_os = "linux")]
+type ExchangeError = rustix::io::Errno;
+#[cfg(not(target_os = "linux"))]
+type ExchangeError = Unsupported;
+
+/// Whether an exchange failed only because the file system (or kernel) cannot exchange.
+#[cfg(target_os = "linux")]
+fn cannot_exchange(e: ExchangeError) -> bool {
+    use rustix::io::Errno;
+    e == Errno::INVAL || e == Errno::NOSYS || e == Errno::NOTSUP
+}
+#[cfg(not(target_os = "linux"))]
+fn cannot_exchange(_: ExchangeError) -> bool {
+    true
+}
+
+/// [`swap_into_place`] with the exchange given (tests make it fail as file systems do).
+fn swap_into_place_with(
+    tmp: &Path,
+    out: &Path,
+    old: &Path,
+    exchange: impl Fn(&Path, &Path) -> Result<(), ExchangeError>,
+) -> std::io::Result<()> {
     if !out.exists() {
         return std::fs::rename(tmp, out);
     }
-    #[cfg(target_os = "linux")]
-    {
-        use rustix::fs::{renameat_with, RenameFlags, CWD};
-        use rustix::io::Errno;
-        match renameat_with(CWD, tmp, CWD, out, RenameFlags::EXCHANGE) {
-            Ok(()) => return Ok(()),
-            Err(e) if e == Errno::INVAL || e == Errno::NOSYS || e == Errno::NOTSUP => {}
-            Err(e) => return Err(e.into()),
-        }
+    match exchange(tmp, out) {
+        Ok(()) => return Ok(()),
+        Err(e) if cannot_exchange(e) => {}
+        #[cfg(target_os = "linux")]
+        Err(e) => return Err(e.into()),
+        #[cfg(not(target_os = "linux"))]
+        Err(_) => unreachable!("every exchange error off Linux means it cannot exchange"),
     }
     std::fs::rename(out, old)?;
     if let Err(e) = std::fs::rename(tmp, out) {
@@ -418,6 +454,49 @@ mod tests {
             std::fs::read_to_string(p.join("m/model.safetensors")).unwrap(),
             old
         );
+    }
+
+    /// Where the file system cannot exchange (EINVAL, ENOSYS, ENOTSUP), the new folder still
+    /// takes the target's place (the old one moved aside to `old`); any other exchange error is
+    /// returned with both folders where they were.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_file_system_that_cannot_exchange_gets_two_renames_and_other_errors_stop() {
+        use rustix::io::Errno;
+        for (errno, falls_back) in [
+            (Errno::INVAL, true),
+            (Errno::NOSYS, true),
+            (Errno::NOTSUP, true),
+            (Errno::ACCESS, false),
+            (Errno::XDEV, false),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (tmp, out, old) = (
+                dir.path().join("tmp"),
+                dir.path().join("out"),
+                dir.path().join("old"),
+            );
+            for (d, text) in [(&tmp, "new"), (&out, "previous")] {
+                std::fs::create_dir(d).unwrap();
+                std::fs::write(d.join("f"), text).unwrap();
+            }
+            let result = swap_into_place_with(&tmp, &out, &old, |_, _| Err(errno));
+            let read = |d: &Path| std::fs::read_to_string(d.join("f")).ok();
+            if falls_back {
+                result.unwrap();
+                assert_eq!(read(&out).as_deref(), Some("new"), "{errno:?}");
+                assert_eq!(read(&old).as_deref(), Some("previous"), "{errno:?}");
+                assert!(!tmp.exists());
+            } else {
+                assert_eq!(
+                    result.unwrap_err().raw_os_error(),
+                    Some(errno.raw_os_error())
+                );
+                assert_eq!(read(&out).as_deref(), Some("previous"), "{errno:?}");
+                assert_eq!(read(&tmp).as_deref(), Some("new"), "{errno:?}");
+                assert!(!old.exists());
+            }
+        }
     }
 
     /// A save writes the folder at an absolute path (no leftovers beside it), replaces a folder
