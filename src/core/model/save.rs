@@ -534,6 +534,20 @@ mod tests {
             let beside: Vec<_> = std::fs::read_dir(work.path()).unwrap().collect();
             assert_eq!(beside.len(), 1, "only the saved folder is left");
         }
+        // Only the prompts that are set are declared.
+        let prompted = SaveSettings {
+            prompts: Prompts {
+                query: "query: ".into(),
+                ..Prompts::none()
+            },
+            ..settings.clone()
+        };
+        save_model_folder(&out, &folder, &ck, &HashMap::new(), &prompted, &mut |_| {}).unwrap();
+        let st: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(out.join("config_sentence_transformers.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(st["prompts"], json!({"query": "query: "}));
         let file = work.path().join("a-file");
         std::fs::write(&file, "x").unwrap();
         let err = save_model_folder(&file, &folder, &ck, &HashMap::new(), &settings, &mut |_| {})
