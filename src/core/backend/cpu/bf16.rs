@@ -120,15 +120,7 @@ pub fn gemm_strided(
     if m == 0 || n == 0 {
         return;
     }
-    // The stored matrix's rows and columns reach (rows - 1) * ld + cols elements.
-    let covers = |len: usize, rows: usize, cols: usize, ld: usize| {
-        cols <= ld
-            && (rows == 0
-                || (rows - 1)
-                    .checked_mul(ld)
-                    .and_then(|x| x.checked_add(cols))
-                    .is_some_and(|x| x <= len))
-    };
+    let covers = super::blas::view_fits;
     let (ar, ac) = if trans_a { (k, m) } else { (m, k) };
     let (br, bc) = if trans_b { (n, k) } else { (k, n) };
     assert!(

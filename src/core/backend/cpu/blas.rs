@@ -313,6 +313,17 @@ fn gemm_into(
 ///
 /// # Panics
 /// When a slice does not reach the last element its description needs.
+/// Whether a `rows x cols` matrix stored with rows `ld` apart fits in `len` elements: its rows
+/// reach (rows - 1) * ld + cols (checked for overflow), and no row is wider than `ld`.
+pub(super) fn view_fits(len: usize, rows: usize, cols: usize, ld: usize) -> bool {
+    cols <= ld
+        && (rows == 0
+            || (rows - 1)
+                .checked_mul(ld)
+                .and_then(|x| x.checked_add(cols))
+                .is_some_and(|x| x <= len))
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm_strided(
     trans_a: bool,
@@ -331,11 +342,7 @@ pub fn sgemm_strided(
     if m == 0 || n == 0 {
         return;
     }
-    let reach = |rows: usize, cols: usize, ld: usize| (rows - 1) * ld + cols;
-    assert!(
-        reach(m, n, ldc) <= c.len() && n <= ldc,
-        "sgemm: C out of range"
-    );
+    assert!(view_fits(c.len(), m, n, ldc), "sgemm: C out of range");
     if k == 0 {
         if !accumulate {
             c.chunks_mut(ldc).take(m).for_each(|r| r[..n].fill(0.0));
@@ -345,11 +352,11 @@ pub fn sgemm_strided(
     let (a_rows, a_cols) = if trans_a { (k, m) } else { (m, k) };
     let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
     assert!(
-        reach(a_rows, a_cols, lda) <= a.len() && a_cols <= lda,
+        view_fits(a.len(), a_rows, a_cols, lda),
         "sgemm: A out of range"
     );
     assert!(
-        reach(b_rows, b_cols, ldb) <= b.len() && b_cols <= ldb,
+        view_fits(b.len(), b_rows, b_cols, ldb),
         "sgemm: B out of range"
     );
     assert!(
