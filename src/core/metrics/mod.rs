@@ -428,4 +428,36 @@ mod tests {
         assert_eq!(rank_in_row(&row, 0, &exact), 2);
         assert_eq!(rank_in_row(&row, 1, &exact), 1);
     }
+
+    #[test]
+    fn a_query_with_two_relevant_documents_counts_each_one() {
+        // Relevant documents at ranks 1 and 3 (as sentence-transformers' InformationRetrievalEvaluator
+        // sees a query with two positives).
+        let v = query_values(&[1, 3]);
+        let keys = query_metric_keys();
+        assert_eq!(v.len(), keys.len());
+        let idcg = 1.0 + 1.0 / 3f64.log2();
+        let expected = [
+            ("cosine_accuracy@1", 1.0),
+            ("cosine_accuracy@3", 1.0),
+            ("cosine_accuracy@5", 1.0),
+            ("cosine_accuracy@10", 1.0),
+            ("cosine_precision@1", 1.0),
+            ("cosine_precision@3", 2.0 / 3.0),
+            ("cosine_precision@5", 2.0 / 5.0),
+            ("cosine_precision@10", 2.0 / 10.0),
+            ("cosine_recall@1", 0.5),
+            ("cosine_recall@3", 1.0),
+            ("cosine_recall@5", 1.0),
+            ("cosine_recall@10", 1.0),
+            ("cosine_mrr@10", 1.0),
+            ("cosine_ndcg@10", (1.0 + 0.5) / idcg),
+            ("cosine_map@100", (1.0 + 2.0 / 3.0) / 2.0),
+        ];
+        assert_eq!(keys.len(), expected.len());
+        for ((key, got), (want_key, want)) in keys.iter().zip(&v).zip(expected) {
+            assert_eq!(key, want_key);
+            assert!((got - want).abs() < 1e-12, "{key}: {got} vs {want}");
+        }
+    }
 }
