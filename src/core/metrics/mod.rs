@@ -164,24 +164,34 @@ fn dot64(a: &[f32], b: &[f32]) -> f64 {
 
 /// Scores of a block of rows of `a` against every row of `b`: (rows, b.rows()) row-major.
 pub fn similarity_block(a: &Embeddings, rows: std::ops::Range<usize>, b: &Embeddings) -> Vec<f32> {
-    let dim = a.dim;
-    let n = rows.len();
-    if n == 0 || b.rows() == 0 {
+    if rows.is_empty() || b.rows() == 0 {
         return Vec::new();
     }
-    let dev = Device::Cpu;
-    let product = || -> candle_core::Result<Vec<f32>> {
-        let lhs = Tensor::from_slice(&a.data[rows.start * dim..rows.end * dim], (n, dim), &dev)?;
-        let rhs = Tensor::from_slice(&b.data, (b.rows(), dim), &dev)?;
-        lhs.matmul(&rhs.t()?)?.flatten_all()?.to_vec1::<f32>()
-    };
     // A CPU matmul of valid shapes cannot fail; fall back to plain loops rather than panic.
-    product().unwrap_or_else(|_| {
-        (rows.start..rows.end)
-            .flat_map(|i| (0..b.rows()).map(move |j| (i, j)))
-            .map(|(i, j)| dot64(a.row(i), b.row(j)) as f32)
-            .collect()
-    })
+    similarity_product(a, rows.clone(), b).unwrap_or_else(|_| similarity_loops(a, rows, b))
+}
+
+/// [`similarity_block`] as one candle matmul.
+fn similarity_product(
+    a: &Embeddings,
+    rows: std::ops::Range<usize>,
+    b: &Embeddings,
+) -> candle_core::Result<Vec<f32>> {
+    let (dim, dev) = (a.dim, Device::Cpu);
+    let lhs = Tensor::from_slice(
+        &a.data[rows.start * dim..rows.end * dim],
+        (rows.len(), dim),
+        &dev,
+    )?;
+    let rhs = Tensor::from_slice(&b.data, (b.rows(), dim), &dev)?;
+    lhs.matmul(&rhs.t()?)?.flatten_all()?.to_vec1::<f32>()
+}
+
+/// [`similarity_block`] as plain loops of f64 dot products (the fallback).
+fn similarity_loops(a: &Embeddings, rows: std::ops::Range<usize>, b: &Embeddings) -> Vec<f32> {
+    rows.flat_map(|i| (0..b.rows()).map(move |j| (i, j)))
+        .map(|(i, j)| dot64(a.row(i), b.row(j)) as f32)
+        .collect()
 }
 
 /// 1-based rank of document `d` in a row of scores: documents scoring higher, or equal with a
@@ -459,5 +469,34 @@ mod tests {
             assert_eq!(key, want_key);
             assert!((got - want).abs() < 1e-12, "{key}: {got} vs {want}");
         }
+    }
+
+    /// The matmul and its fallback loops give the same scores for a block of rows in the middle
+    /// and one at the end, and the matmul does not fail on them.
+    #[test]
+    fn the_similarity_product_and_its_fallback_agree() {
+        let (dim, na, nb) = (5, 10, 7);
+        let vals = |n: usize, f: f32| (0..n * dim).map(|i| ((i as f32) * f).sin()).collect();
+        let a = Embeddings::from_vec(dim, vals(na, 0.77));
+        let b = Embeddings::from_vec(dim, vals(nb, 1.31));
+        for rows in [3..6, 8..10] {
+            let product = similarity_product(&a, rows.clone(), &b).unwrap();
+            let loops = similarity_loops(&a, rows.clone(), &b);
+            assert_eq!(product.len(), rows.len() * nb);
+            assert_eq!(loops.len(), product.len());
+            for (k, (x, y)) in product.iter().zip(&loops).enumerate() {
+                let (i, j) = (rows.start + k / nb, k % nb);
+                let want: f64 = a
+                    .row(i)
+                    .iter()
+                    .zip(b.row(j))
+                    .map(|(&x, &y)| (x * y) as f64)
+                    .sum();
+                assert!((*x as f64 - want).abs() < 1e-5, "{i},{j}: {x} vs {want}");
+                assert!((*y as f64 - want).abs() < 1e-5, "{i},{j}: {y} vs {want}");
+            }
+            assert_eq!(similarity_block(&a, rows, &b), product);
+        }
+        assert!(similarity_block(&a, 4..4, &b).is_empty());
     }
 }

@@ -2,7 +2,7 @@
 //! (dropped out in training) times V, with the products reading and writing the heads in place
 //! through strides. The bias is MPNet's relative position bias (none for BERT and XLM-R).
 
-use super::bf16::{gemm_strided as bf16_gemm, Init};
+use super::bf16::{self, gemm_strided as bf16_gemm, Init};
 use super::blas::sgemm_strided;
 use super::kernels::{softmax_grad_rows, softmax_rows};
 use super::{sized, Dims};
@@ -162,7 +162,7 @@ pub(super) fn attend_sequence(
     let scale = 1.0 / (d as f32).sqrt();
     let train = probs.is_some();
     let mut probs = probs;
-    let (mut local, mut dropped) = (Vec::new(), Vec::new());
+    let (mut local, mut dropped, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
     let mut inv_sums = vec![0f32; len];
     for head in 0..dm.heads {
         let off = head * d;
@@ -179,13 +179,32 @@ pub(super) fn attend_sequence(
             (&x.k[off..], ld),
             (p, len),
         );
-        match bias {
+        let softmax_scale = match bias {
             Some(b) => {
                 b.add_scaled(p, len, head, dm.heads, scale);
-                softmax_rows(p, len, &mut inv_sums, 1.0, train);
+                1.0
             }
-            None => softmax_rows(p, len, &mut inv_sums, scale, train),
+            None => scale,
+        };
+        if compute == Compute::Bf16 && !train {
+            // Inference in bf16: the probabilities go straight into the product's bf16 pairs.
+            let pa = sized(&mut pairs, len * len.div_ceil(2));
+            bf16::softmax_pairs(p, len, softmax_scale, pa, &mut inv_sums);
+            bf16::gemm_pairs(
+                len,
+                d,
+                len,
+                pa,
+                (&x.v[off..], ld),
+                (&mut ctx[off..], h),
+                Init::Zero,
+            );
+            for (row, &inv) in ctx.chunks_mut(h).zip(&inv_sums) {
+                row[off..off + d].iter_mut().for_each(|v| *v *= inv);
+            }
+            continue;
         }
+        softmax_rows(p, len, &mut inv_sums, softmax_scale, train);
         let p: &[f32] = match keep {
             Some(keep) => {
                 let keep = &keep[head * len * len..(head + 1) * len * len];

@@ -150,14 +150,95 @@ pub fn gemm_strided(
     }
     #[cfg(target_arch = "x86_64")]
     x86::gemm(
-        trans_a,
+        if trans_a {
+            x86::Lhs::Trans(a, lda)
+        } else {
+            x86::Lhs::Rows(a, lda)
+        },
         trans_b,
         (m, n, k),
-        (a, lda),
         (b, ldb),
         (c, ldc),
         init,
     );
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("available() is false off x86_64");
+}
+
+/// [`gemm_strided`] with A (`m x k`, not transposed) given already as rows of bf16 pairs,
+/// `k.div_ceil(2)` words per row, as [`softmax_pairs`] writes them.
+///
+/// # Panics
+/// As [`gemm_strided`].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_pairs(
+    m: usize,
+    n: usize,
+    k: usize,
+    pa: &[u32],
+    (b, ldb): (&[f32], usize),
+    (c, ldc): (&mut [f32], usize),
+    init: Init,
+) {
+    assert!(available(), "bf16 products need AVX512-BF16");
+    if m == 0 || n == 0 || k == 0 {
+        // The packed rows never hold a k of 0 (softmax rows are never empty).
+        assert!(k > 0 || m == 0 || n == 0, "bf16 gemm_pairs: k is 0");
+        return;
+    }
+    let kh = k.div_ceil(2);
+    assert!(
+        pa.len() >= m * kh,
+        "bf16 gemm: A is shorter than {m} rows of {kh} pairs"
+    );
+    assert!(
+        super::blas::view_fits(b.len(), k, n, ldb),
+        "bf16 gemm: B is shorter than {k} x {n} (rows {ldb} apart)"
+    );
+    assert!(
+        super::blas::view_fits(c.len(), m, n, ldc),
+        "bf16 gemm: C is shorter than {m} x {n} (rows {ldc} apart)"
+    );
+    if let Init::Bias(bias) = init {
+        assert!(bias.len() >= n, "bf16 gemm: bias is shorter than {n}");
+    }
+    #[cfg(target_arch = "x86_64")]
+    x86::gemm(
+        x86::Lhs::Pairs(pa),
+        false,
+        (m, n, k),
+        (b, ldb),
+        (c, ldc),
+        init,
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("available() is false off x86_64");
+}
+
+/// A softmax whose probabilities go straight into a bf16 product: for each row (of `len`) of
+/// `scores`, `exp(scale · (s - max))` written as rows of bf16 pairs into `pairs`
+/// (`len.div_ceil(2)` words per row, the input of [`gemm_pairs`]), and the row's 1/sum (of the
+/// unrounded f32 values) into `inv`. The rows are left unnormalised: the caller scales the
+/// product's rows by `inv`. One pass of 16 lanes instead of an f32 softmax, a store and a
+/// second read to round it.
+///
+/// # Panics
+/// When the CPU lacks AVX512-BF16, `len` is 0, or `pairs` or `inv` is shorter than the rows.
+pub fn softmax_pairs(scores: &[f32], len: usize, scale: f32, pairs: &mut [u32], inv: &mut [f32]) {
+    assert!(available(), "bf16 products need AVX512-BF16");
+    assert!(len > 0, "softmax_pairs: empty rows");
+    let rows = scores.len() / len;
+    let kh = len.div_ceil(2);
+    assert!(pairs.len() >= rows * kh && inv.len() >= rows);
+    #[cfg(target_arch = "x86_64")]
+    for ((row, out), inv) in scores
+        .chunks_exact(len)
+        .zip(pairs.chunks_exact_mut(kh))
+        .zip(inv.iter_mut())
+    {
+        // SAFETY: the CPU's features were checked above.
+        *inv = 1.0 / unsafe { x86::softmax_row_pairs(row, scale, out) };
+    }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("available() is false off x86_64");
 }
@@ -167,13 +248,23 @@ mod x86 {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// The checked arguments of [`super::gemm_strided`]: the sizes, each matrix with its
-    /// leading dimension.
+    /// The left operand of a product.
+    #[derive(Clone, Copy)]
+    pub(super) enum Lhs<'a> {
+        /// op(a) = a, rows `lda` apart.
+        Rows(&'a [f32], usize),
+        /// op(a) = aᵀ, the stored rows `lda` apart.
+        Trans(&'a [f32], usize),
+        /// Already packed: each row's bf16 pairs, `k.div_ceil(2)` words per row.
+        Pairs(&'a [u32]),
+    }
+
+    /// The checked arguments of [`super::gemm_strided`] and [`super::gemm_pairs`]: A, the
+    /// sizes, B and C with their leading dimensions.
     pub(super) fn gemm(
-        trans_a: bool,
+        lhs: Lhs,
         trans_b: bool,
         (m, n, k): (usize, usize, usize),
-        (a, lda): (&[f32], usize),
         (b, ldb): (&[f32], usize),
         (c, ldc): (&mut [f32], usize),
         init: Init,
@@ -198,6 +289,9 @@ mod x86 {
                                 block(rows, n, kh, pa, pb, (cb, ldc), init);
                             },
                             None => with_buffer(&PACKED_A, rows * kh, |pa| {
+                                let Lhs::Rows(a, lda) = lhs else {
+                                    unreachable!("only plain rows are packed per block")
+                                };
                                 // Each row as bf16 pairs, rows side by side: a micro-kernel
                                 // step broadcasts one word from each of its rows.
                                 for (r, out) in pa.chunks_exact_mut(kh).enumerate() {
@@ -211,13 +305,13 @@ mod x86 {
                         }
                     });
             };
-            if trans_a {
-                with_buffer(&PACKED_AT, m * kh, |pa| {
+            match lhs {
+                Lhs::Trans(a, lda) => with_buffer(&PACKED_AT, m * kh, |pa| {
                     pack_a_trans(k, kh, a, lda, pa);
                     run(Some(pa));
-                });
-            } else {
-                run(None);
+                }),
+                Lhs::Pairs(pa) => run(Some(pa)),
+                Lhs::Rows(..) => run(None),
             }
         });
     }
@@ -267,6 +361,82 @@ mod x86 {
         let rest = &row[full * 32..];
         for (o, p) in out[full * 16..].iter_mut().zip(rest.chunks(2)) {
             *o = pair(p[0], p.get(1).copied().unwrap_or(0.0));
+        }
+    }
+
+    /// `e^x` for x ≤ 0 in 16 lanes: the polynomial of [`crate::core::backend::cpu::kernels::exp`]
+    /// (Cephes' `expf`) with fused multiply-adds and `vscalefps` for the power of two; 0 below
+    /// -87.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn exp16(x: __m512) -> __m512 {
+        let c = _mm512_set1_ps;
+        let xc = _mm512_max_ps(x, c(-87.0));
+        // Round to nearest, exceptions suppressed.
+        let n = _mm512_roundscale_ps::<0x08>(_mm512_mul_ps(xc, c(std::f32::consts::LOG2_E)));
+        let r = _mm512_fnmadd_ps(n, c(0.693_359_4), xc);
+        let r = _mm512_fnmadd_ps(n, c(-2.121_944_4e-4), r);
+        let mut p = c(1.987_569_1e-4);
+        for k in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
+            p = _mm512_fmadd_ps(p, r, c(k));
+        }
+        let er = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), c(1.0));
+        let y = _mm512_scalef_ps(er, n);
+        // Below -87 (and for -inf) the result is 0, as the scalar `exp` gives.
+        _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, c(-87.0)), y)
+    }
+
+    /// One row of [`super::softmax_pairs`]: `out` gets `exp(scale · (s - max))` as bf16 pairs
+    /// (`row.len().div_ceil(2)` words; an odd last value is paired with 0); returns the sum of
+    /// the f32 values.
+    ///
+    /// # Safety
+    /// The CPU has AVX512F and AVX512-BF16; `out` holds `row.len().div_ceil(2)` words.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn softmax_row_pairs(row: &[f32], scale: f32, out: &mut [u32]) -> f32 {
+        let len = row.len();
+        debug_assert!(out.len() >= len.div_ceil(2));
+        // Lanes `from..from + 16` that lie in the row.
+        let lanes = |from: usize| -> __mmask16 {
+            let v = len.saturating_sub(from).min(16);
+            ((1u32 << v) - 1) as __mmask16
+        };
+        let p = row.as_ptr();
+        // SAFETY (whole body): every load and store is masked to the row's `len` values and
+        // the `len.div_ceil(2)` words of `out`.
+        unsafe {
+            let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+            for i in (0..len).step_by(16) {
+                let v = _mm512_mask_loadu_ps(max, lanes(i), p.wrapping_add(i));
+                max = _mm512_max_ps(max, v);
+            }
+            let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+            let sc = _mm512_set1_ps(scale);
+            let mut sum = _mm512_setzero_ps();
+            for i in (0..len).step_by(32) {
+                let (m0, m1) = (lanes(i), lanes(i + 16));
+                // Masked-off lanes are 0, so they add nothing and pair an odd last value
+                // with 0.
+                macro_rules! exp_at {
+                    ($m:expr, $at:expr) => {{
+                        let v = _mm512_maskz_loadu_ps($m, p.wrapping_add($at));
+                        _mm512_maskz_mov_ps($m, exp16(_mm512_mul_ps(_mm512_sub_ps(v, max), sc)))
+                    }};
+                }
+                let (lo, hi) = (exp_at!(m0, i), exp_at!(m1, i + 16));
+                sum = _mm512_add_ps(sum, _mm512_add_ps(lo, hi));
+                let words = (len - i).min(32).div_ceil(2);
+                let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                let wm = ((1u32 << words) - 1) as __mmask16;
+                _mm512_mask_storeu_epi32(out.as_mut_ptr().wrapping_add(i / 2).cast(), wm, v);
+            }
+            _mm512_reduce_add_ps(sum)
         }
     }
 
@@ -658,5 +828,102 @@ mod tests {
         let mut few = vec![0f32; 5 * n];
         gemm(false, true, 5, n, k, &a[..5 * k], &b, &mut few, Init::Zero);
         assert_eq!(&few[..], &c[..5 * n]);
+    }
+
+    /// The fused softmax writes what the f32 softmax rounded to bf16 would be (within one bf16
+    /// step where the two exponentials straddle a rounding boundary), its sums match, and an odd
+    /// last value is paired with 0; rows of every length around the 16- and 32-lane edges.
+    #[test]
+    fn softmax_pairs_are_the_rounded_softmax() {
+        if skipped() {
+            return;
+        }
+        use super::super::kernels::exp;
+        for len in [1usize, 2, 7, 15, 16, 17, 31, 32, 33, 47, 64, 100, 257] {
+            let rows = 3;
+            let scores: Vec<f32> = (0..rows * len)
+                .map(|i| ((i as f32) * 0.913).sin() * 9.0 - (i % 5) as f32 * 30.0)
+                .collect();
+            let kh = len.div_ceil(2);
+            let mut pairs = vec![0xDEAD_BEEFu32; rows * kh + 1];
+            let mut inv = vec![0f32; rows];
+            let scale = 0.37;
+            softmax_pairs(&scores, len, scale, &mut pairs, &mut inv);
+            assert_eq!(
+                pairs[rows * kh],
+                0xDEAD_BEEF,
+                "len {len}: wrote past the rows"
+            );
+            for r in 0..rows {
+                let row = &scores[r * len..][..len];
+                let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let e: Vec<f32> = row.iter().map(|&v| exp((v - max) * scale)).collect();
+                let sum: f32 = e.iter().sum();
+                assert!(
+                    (inv[r] * sum - 1.0).abs() < 1e-5,
+                    "len {len} row {r}: 1/sum {} vs {}",
+                    inv[r],
+                    1.0 / sum
+                );
+                for (j, &want) in e.iter().enumerate() {
+                    let word = pairs[r * kh + j / 2];
+                    let got = (if j % 2 == 0 { word } else { word >> 16 }) as u16;
+                    let (g, w) = (got as i32, to_bf16(want) as i32);
+                    assert!(
+                        (g - w).abs() <= 1,
+                        "len {len} row {r} col {j}: {got:#x} vs {w:#x}"
+                    );
+                }
+                if len % 2 == 1 {
+                    assert_eq!(
+                        pairs[r * kh + kh - 1] >> 16,
+                        0,
+                        "len {len}: odd value's partner"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A product from pre-packed pairs equals the same product from the f32 rows, bit for bit,
+    /// on strided B and C.
+    #[test]
+    fn products_of_packed_pairs_equal_products_of_rows() {
+        if skipped() {
+            return;
+        }
+        for (m, n, k) in [(37usize, 32usize, 70usize), (200, 33, 131), (5, 16, 1)] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i as f32) * 0.731).sin()).collect();
+            let (ldb, ldc) = (n + 3, n + 5);
+            let b: Vec<f32> = (0..k * ldb).map(|i| ((i as f32) * 0.377).cos()).collect();
+            let kh = k.div_ceil(2);
+            let pa: Vec<u32> = a
+                .chunks(k)
+                .flat_map(|row| {
+                    (0..kh).map(|p| {
+                        let hi = row.get(2 * p + 1).copied().unwrap_or(0.0);
+                        pair(row[2 * p], hi)
+                    })
+                })
+                .collect();
+            let mut want = vec![-1f32; (m - 1) * ldc + n];
+            gemm_strided(
+                false,
+                false,
+                m,
+                n,
+                k,
+                &a,
+                k,
+                &b,
+                ldb,
+                &mut want,
+                ldc,
+                Init::Zero,
+            );
+            let mut got = vec![-1f32; (m - 1) * ldc + n];
+            gemm_pairs(m, n, k, &pa, (&b, ldb), (&mut got, ldc), Init::Zero);
+            assert_eq!(got, want, "{m}x{n}x{k}");
+        }
     }
 }

@@ -1,23 +1,36 @@
 //! The engine's element-wise kernels on slices: the attention softmax and its backward pass,
 //! erf-GELU and its derivative (one pass instead of libm's scalar `erff` per element), layer norm
-//! and its backward pass; compiled for AVX2 + FMA when the CPU has them. They use a branch-free
-//! `exp` and a rational `erf` the compiler vectorises.
+//! and its backward pass; compiled for AVX-512, or AVX2 + FMA, when the CPU has them. They use a
+//! branch-free `exp` and a rational `erf` the compiler vectorises.
 
 use rayon::prelude::*;
 
 /// Elements per parallel work item.
 pub(super) const CHUNK: usize = 1 << 14;
 
-/// Runs `f` compiled for AVX2 and FMA when the CPU has them, else as built (SSE2 on x86-64). The
-/// results are the same bit for bit: the kernels' reductions use a fixed number of lanes, and
-/// Rust never fuses a multiply and an add on its own.
+/// Runs `f` compiled for AVX-512 (and AVX2 + FMA) when the CPU has it, else for AVX2 + FMA
+/// when it has them, else as built (SSE2 on x86-64). The results are the same bit for bit: the
+/// kernels' reductions use a fixed number of lanes, and Rust never fuses a multiply and an add
+/// on its own.
 #[inline(always)]
 pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
         #[target_feature(enable = "avx2,fma")]
         fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
+        }
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as below, with AVX512F also checked.
+            #[allow(unsafe_code)]
+            return unsafe { with_avx512(f) };
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the only requirement of a `target_feature` function is that the CPU has
@@ -29,18 +42,28 @@ pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Defines a function whose body is compiled twice, for AVX2 + FMA and as built, and picks the
-/// first when the CPU has them (as [`simd`], but certain: a closure handed to [`simd`] is not
-/// always inlined into the AVX2 function, and then runs as plain SSE2 code). Helpers the body
-/// calls must be `#[inline(always)]`.
+/// Defines a function whose body is compiled three times, for AVX-512, for AVX2 + FMA and as
+/// built, and picks the widest the CPU has (as [`simd`], but certain: a closure handed to
+/// [`simd`] is not always inlined into the wider function, and then runs as plain SSE2 code).
+/// Helpers the body calls must be `#[inline(always)]`.
 macro_rules! simd_fn {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$m])*
         $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                fn avx512($($arg: $ty),*) $body
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) $body
+                if std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as below, with AVX512F also checked.
+                    #[allow(unsafe_code)]
+                    return unsafe { avx512($($arg),*) };
+                }
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                     // SAFETY: the only requirement of a `target_feature` function is that the
                     // CPU has the features, which was just checked.

@@ -252,7 +252,7 @@ impl TrainBackend for CpuModel {
 }
 
 /// Resizes a buffer without caring about its contents (they are overwritten).
-fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+fn sized<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
     if buf.len() != len {
         if len > buf.capacity() {
             // Growing: the old contents are not needed (no copy), and a quarter of headroom
@@ -260,7 +260,7 @@ fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
             buf.clear();
             buf.reserve_exact(len + len / 4);
         }
-        buf.resize(len, 0.0);
+        buf.resize(len, T::default());
     }
     buf
 }
