@@ -351,11 +351,12 @@ impl Encoder {
         h.update(&(self.truncate_dim.unwrap_or(0) as u64).to_le_bytes());
         // f32 vectors keep the keys they had before there were other modes. A reduced-precision
         // mode's key names its kernels' revision, so vectors from earlier kernels (bf16 1: dense
-        // products only; 2: attention's products too) are computed again, not served.
+        // products only; 2: attention's products too; 3: the softmax rounded as it is computed,
+        // with a 16-lane exp) are computed again, not served.
         if self.compute() != Compute::F32 {
             h.update(b"\0compute=");
             h.update(self.compute().name().as_bytes());
-            h.update(b"/2");
+            h.update(b"/3");
         }
         *h.finalize().as_bytes()
     }
