@@ -9,7 +9,8 @@ use super::{sized, Dims};
 use crate::core::backend::Compute;
 
 /// `c = op(a) · op(b)` on strided views, in the model's compute mode: f32, or bf16 inputs with
-/// f32 sums (the probabilities and the heads rounded to bf16 as they are packed).
+/// f32 sums (the operands rounded to bf16 as they are packed). Inference in bf16 sends the
+/// probabilities through [`bf16::softmax_pairs`] and [`bf16::gemm_pairs`] instead.
 #[allow(clippy::too_many_arguments)]
 fn product(
     compute: Compute,

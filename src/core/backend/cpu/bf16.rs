@@ -1,7 +1,8 @@
 //! Matrix products with bf16 inputs and f32 accumulation on the CPU's AVX512-BF16 unit
 //! (`vdpbf16ps`: 32 multiply-adds per instruction, twice the f32 FMA's 16), for the `bf16`
 //! compute mode ([`crate::core::backend::Compute`]). Both operands are rounded to bf16 (round to
-//! nearest even) while they are packed; every sum is kept in f32, in a fixed order that does not
+//! nearest even) while they are packed (or A comes already rounded, as [`softmax_pairs`] writes
+//! the attention probabilities); every sum is kept in f32, in a fixed order that does not
 //! depend on how many rows a call has, so a text's vector does not depend on its batch.
 //!
 //! Layout: op(B) is packed into panels of 32 columns, each a run of k-pairs holding, per column,
@@ -166,11 +167,12 @@ pub fn gemm_strided(
 }
 
 /// [`gemm_strided`] with A (`m x k`, not transposed) given already as rows of bf16 pairs,
-/// `k.div_ceil(2)` words per row, as [`softmax_pairs`] writes them.
+/// `k.div_ceil(2)` words per row, as [`softmax_pairs`] writes them. With an odd `k` the high half
+/// of each row's last word must be a finite value (0 as `softmax_pairs` writes it): it meets B's
+/// zero padding, and 0 times NaN or infinity is NaN.
 ///
 /// # Panics
-/// As [`gemm_strided`].
-#[allow(clippy::too_many_arguments)]
+/// As [`gemm_strided`], and when `k` is 0 while C is not empty (packed rows are never empty).
 pub fn gemm_pairs(
     m: usize,
     n: usize,
@@ -181,14 +183,13 @@ pub fn gemm_pairs(
     init: Init,
 ) {
     assert!(available(), "bf16 products need AVX512-BF16");
-    if m == 0 || n == 0 || k == 0 {
-        // The packed rows never hold a k of 0 (softmax rows are never empty).
-        assert!(k > 0 || m == 0 || n == 0, "bf16 gemm_pairs: k is 0");
+    if m == 0 || n == 0 {
         return;
     }
+    assert!(k > 0, "bf16 gemm_pairs: k is 0");
     let kh = k.div_ceil(2);
     assert!(
-        pa.len() >= m * kh,
+        m.checked_mul(kh).is_some_and(|words| words <= pa.len()),
         "bf16 gemm: A is shorter than {m} rows of {kh} pairs"
     );
     assert!(
@@ -219,14 +220,22 @@ pub fn gemm_pairs(
 /// `scores`, `exp(scale · (s - max))` written as rows of bf16 pairs into `pairs`
 /// (`len.div_ceil(2)` words per row, the input of [`gemm_pairs`]), and the row's 1/sum (of the
 /// unrounded f32 values) into `inv`. The rows are left unnormalised: the caller scales the
-/// product's rows by `inv`. One pass of 16 lanes instead of an f32 softmax, a store and a
-/// second read to round it.
+/// product's rows by `inv`. A pass for the row's maximum and one that computes, sums and rounds,
+/// 16 lanes at a time, instead of an f32 softmax, a store and a second read to round it. A NaN
+/// score makes its row's sum, and so its `inv`, NaN (as the f32 softmax does); -inf scores get
+/// probability 0.
 ///
 /// # Panics
-/// When the CPU lacks AVX512-BF16, `len` is 0, or `pairs` or `inv` is shorter than the rows.
+/// When the CPU lacks AVX512-BF16, `len` is 0 or does not divide `scores.len()`, or `pairs` or
+/// `inv` is shorter than the rows.
 pub fn softmax_pairs(scores: &[f32], len: usize, scale: f32, pairs: &mut [u32], inv: &mut [f32]) {
     assert!(available(), "bf16 products need AVX512-BF16");
     assert!(len > 0, "softmax_pairs: empty rows");
+    assert!(
+        scores.len().is_multiple_of(len),
+        "softmax_pairs: {} scores are not rows of {len}",
+        scores.len()
+    );
     let rows = scores.len() / len;
     let kh = len.div_ceil(2);
     assert!(pairs.len() >= rows * kh && inv.len() >= rows);
@@ -240,7 +249,10 @@ pub fn softmax_pairs(scores: &[f32], len: usize, scale: f32, pairs: &mut [u32], 
         *inv = 1.0 / unsafe { x86::softmax_row_pairs(row, scale, out) };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("available() is false off x86_64");
+    {
+        let _ = scale;
+        unreachable!("available() is false off x86_64");
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -366,7 +378,7 @@ mod x86 {
 
     /// `e^x` for x ≤ 0 in 16 lanes: the polynomial of [`crate::core::backend::cpu::kernels::exp`]
     /// (Cephes' `expf`) with fused multiply-adds and `vscalefps` for the power of two; 0 below
-    /// -87.
+    /// -87 (and for -inf); NaN stays NaN.
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn exp16(x: __m512) -> __m512 {
@@ -388,8 +400,9 @@ mod x86 {
         }
         let er = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), c(1.0));
         let y = _mm512_scalef_ps(er, n);
-        // Below -87 (and for -inf) the result is 0, as the scalar `exp` gives.
-        _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, c(-87.0)), y)
+        // Below -87 (and for -inf) the result is 0, as the scalar `exp` gives; NaN passes.
+        let y = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, c(-87.0)), y);
+        _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x), x)
     }
 
     /// One row of [`super::softmax_pairs`]: `out` gets `exp(scale · (s - max))` as bf16 pairs
@@ -414,7 +427,9 @@ mod x86 {
             let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
             for i in (0..len).step_by(16) {
                 let v = _mm512_mask_loadu_ps(max, lanes(i), p.wrapping_add(i));
-                max = _mm512_max_ps(max, v);
+                // `vmaxps` returns its second operand when either is NaN: NaN scores are
+                // passed over here and make the row's sum NaN below.
+                max = _mm512_max_ps(v, max);
             }
             let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
             let sc = _mm512_set1_ps(scale);
@@ -832,31 +847,40 @@ mod tests {
 
     /// The fused softmax writes what the f32 softmax rounded to bf16 would be (within one bf16
     /// step where the two exponentials straddle a rounding boundary), its sums match, and an odd
-    /// last value is paired with 0; rows of every length around the 16- and 32-lane edges.
+    /// last value is paired with 0; rows of every length around the 16- and 32-lane edges, with
+    /// scores far enough below the maximum to reach exp's cut-off at -87, and -inf scores.
     #[test]
     fn softmax_pairs_are_the_rounded_softmax() {
         if skipped() {
             return;
         }
         use super::super::kernels::exp;
-        for len in [1usize, 2, 7, 15, 16, 17, 31, 32, 33, 47, 64, 100, 257] {
+        for len in [
+            1usize, 2, 7, 15, 16, 17, 31, 32, 33, 47, 48, 64, 80, 100, 257,
+        ] {
             let rows = 3;
-            let scores: Vec<f32> = (0..rows * len)
+            let mut scores: Vec<f32> = (0..rows * len)
                 .map(|i| ((i as f32) * 0.913).sin() * 9.0 - (i % 5) as f32 * 30.0)
                 .collect();
+            if len > 3 {
+                scores[len + 3] = f32::NEG_INFINITY;
+            }
             let kh = len.div_ceil(2);
             let mut pairs = vec![0xDEAD_BEEFu32; rows * kh + 1];
             let mut inv = vec![0f32; rows];
-            let scale = 0.37;
+            // Scores 130 apart at most: scaled, the lowest fall below -87.
+            let scale = 0.8;
             softmax_pairs(&scores, len, scale, &mut pairs, &mut inv);
             assert_eq!(
                 pairs[rows * kh],
                 0xDEAD_BEEF,
                 "len {len}: wrote past the rows"
             );
+            let mut cut_off = 0;
             for r in 0..rows {
                 let row = &scores[r * len..][..len];
                 let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                cut_off += row.iter().filter(|&&v| (v - max) * scale < -87.0).count();
                 let e: Vec<f32> = row.iter().map(|&v| exp((v - max) * scale)).collect();
                 let sum: f32 = e.iter().sum();
                 assert!(
@@ -882,6 +906,21 @@ mod tests {
                     );
                 }
             }
+            if len >= 15 {
+                assert!(cut_off > 0, "len {len}: no score reached the cut-off");
+            }
+        }
+        // A NaN score makes its row's sum NaN, wherever it lies; the other rows are untouched.
+        let len = 40;
+        for at in [0, 17, 39] {
+            let mut scores: Vec<f32> = (0..2 * len).map(|i| (i as f32 * 0.3).cos()).collect();
+            scores[len + at] = f32::NAN;
+            let (mut pairs, mut inv) = (vec![0u32; len], vec![0f32; 2]);
+            softmax_pairs(&scores, len, 1.0, &mut pairs, &mut inv);
+            assert!(
+                inv[0].is_finite() && inv[1].is_nan(),
+                "NaN at {at}: {inv:?}"
+            );
         }
     }
 
