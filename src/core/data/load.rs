@@ -473,6 +473,43 @@ mod tests {
         }
     }
 
+    /// Either key of a set's first two names the set: a first row with only `pos` (or only
+    /// `positive`) fixes the file's set, so a later row in the other set is refused.
+    #[test]
+    fn a_first_row_with_one_of_its_keys_fixes_the_key_set() {
+        for (text, missing, expected) in [
+            (
+                r#"[{"pos":"p","negative":"n"}, {"anchor":"q","positive":"p","negative":"n"},
+                    {"query":"q","pos":"p","negative":"n"}]"#,
+                "query",
+                "{query, pos, negative}",
+            ),
+            (
+                r#"[{"positive":"p","negative":"n"}, {"query":"q","pos":"p","negative":"n"},
+                    {"anchor":"q","positive":"p","negative":"n"}]"#,
+                "anchor",
+                "{anchor, positive, negative}",
+            ),
+        ] {
+            let d = parse(text).unwrap();
+            assert_eq!(d.len(), 1, "{text}");
+            let skipped: Vec<usize> = d.report.skipped.iter().map(|s| s.index).collect();
+            assert_eq!(skipped, [0, 1], "{text}");
+            assert_eq!(
+                d.report.skipped[0].problem,
+                RowProblem::MissingKey {
+                    key: missing.into()
+                }
+            );
+            assert_eq!(
+                d.report.skipped[1].problem,
+                RowProblem::OtherKeySet {
+                    expected: expected.into()
+                }
+            );
+        }
+    }
+
     /// `negative_1..n` are read only when there is no `negative`; a row with neither lacks its
     /// negative (it is not dropped in silence).
     #[test]
