@@ -963,6 +963,28 @@ mod tests {
             let mut got = vec![-1f32; (m - 1) * ldc + n];
             gemm_pairs(m, n, k, &pa, (&b, ldb), (&mut got, ldc), Init::Zero);
             assert_eq!(got, want, "{m}x{n}x{k}");
+            // No rows, or no columns: nothing to do, C untouched.
+            gemm_pairs(0, n, k, &[], (&b, ldb), (&mut got, ldc), Init::Zero);
+            gemm_pairs(m, 0, k, &pa, (&[], 0), (&mut got, ldc), Init::Zero);
+            assert_eq!(got, want, "{m}x{n}x{k}, empty products");
         }
+    }
+
+    /// Outputs too short for the rows are refused, not filled in part.
+    #[test]
+    fn softmax_pairs_refuses_outputs_shorter_than_its_rows() {
+        if skipped() {
+            return;
+        }
+        let run = |pairs: usize, inv: usize| {
+            std::panic::catch_unwind(move || {
+                let scores = vec![0.5f32; 3 * 10];
+                softmax_pairs(&scores, 10, 1.0, &mut vec![0; pairs], &mut vec![0.0; inv]);
+            })
+            .is_ok()
+        };
+        assert!(run(15, 3));
+        assert!(!run(15, 2), "inv one row short");
+        assert!(!run(14, 3), "pairs one word short");
     }
 }
