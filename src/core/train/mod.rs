@@ -568,6 +568,30 @@ mod tests {
         assert_eq!(after(3, usize::MAX), [3]);
     }
 
+    /// The plan the Fine-tune panel shows is the trainer's batches: ten distinct triplets in
+    /// batches of four are three batches an epoch (the last one of two), for each loss's sampler.
+    #[test]
+    fn planned_steps_are_the_batches_of_every_epoch() {
+        let rows: Vec<Triplet> = (0..10)
+            .map(|i| Triplet {
+                query: format!("query {i}"),
+                pos: format!("positive {i}"),
+                negative: format!("negative {i}"),
+            })
+            .collect();
+        for loss in [LossKind::Mnrl, LossKind::Triplet] {
+            let cfg = |epochs| TrainConfig {
+                loss,
+                epochs,
+                batch_size: 4,
+                ..TrainConfig::default()
+            };
+            assert_eq!(planned_steps(&rows, &cfg(1)), 3, "{loss:?}");
+            assert_eq!(planned_steps(&rows, &cfg(2)), 6, "{loss:?}");
+            assert_eq!(planned_steps(&rows[..4], &cfg(1)), 1, "{loss:?}");
+        }
+    }
+
     /// The name the model card and messages show is the one the CLI takes and the run record
     /// stores.
     #[test]
