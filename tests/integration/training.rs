@@ -415,6 +415,58 @@ fn a_non_finite_loss_stops_cleanly() {
     }
 }
 
+/// A run that cannot start says why before any step: no triplets on either side, a Matryoshka
+/// dimension of 0 or wider than the model, several negatives with a loss that takes one.
+#[test]
+fn impossible_configurations_are_refused_before_training() {
+    let dir = tiny_model(&TinySpec::default());
+    let (folder, ck) = open(dir.path());
+    let hidden = folder.config.hidden_size;
+    let data = toy_triplets(8);
+    let refused = |train: &[Triplet], val: &[Triplet], cfg: &TrainConfig| {
+        let emit = |_: Update<TrainEvent>| {};
+        let ctx = JobCtx::new(CancelToken::new(), &emit);
+        match train::train(&folder, &ck, train, val, cfg, &ctx) {
+            Err(TrainError::InvalidConfig(why)) => why,
+            Err(other) => panic!("expected a refused configuration, got {other:?}"),
+            Ok(out) => panic!(
+                "expected a refused configuration, it ran {} steps",
+                out.total_steps
+            ),
+        }
+    };
+    let mnrl = config(LossKind::Mnrl);
+    for (train, val) in [(&data[..0], &data[..]), (&data[..], &data[..0])] {
+        let why = refused(train, val, &mnrl);
+        assert!(why.contains("to train on and to validate on"), "{why}");
+    }
+    for dim in [0, hidden + 1] {
+        let cfg = TrainConfig {
+            matryoshka_dims: vec![hidden, dim],
+            ..mnrl.clone()
+        };
+        let why = refused(&data, &data, &cfg);
+        assert!(
+            why.contains(&format!("Matryoshka dimension {dim} ")),
+            "{why}"
+        );
+    }
+    // The model's own width and one below are accepted.
+    let cfg = TrainConfig {
+        matryoshka_dims: vec![hidden, hidden - 1],
+        ..mnrl.clone()
+    };
+    assert!(run(&folder, &ck, &data, &data, &cfg).total_steps > 0);
+    for loss in [LossKind::Triplet, LossKind::Contrastive] {
+        let cfg = TrainConfig {
+            max_negatives: 2,
+            ..config(loss)
+        };
+        let why = refused(&data, &data, &cfg);
+        assert!(why.contains("several negatives per example (2)"), "{why}");
+    }
+}
+
 fn settings() -> SaveSettings {
     SaveSettings {
         max_seq_length: 48,
