@@ -200,32 +200,29 @@ pub(super) fn attend_sequence(
                 (&mut ctx[off..], h),
                 Init::Zero,
             );
-            for (row, &inv) in ctx.chunks_mut(h).zip(&inv_sums) {
-                row[off..off + d].iter_mut().for_each(|v| *v *= inv);
-            }
-            continue;
+        } else {
+            softmax_rows(p, len, &mut inv_sums, softmax_scale, train);
+            let p: &[f32] = match keep {
+                Some(keep) => {
+                    let keep = &keep[head * len * len..(head + 1) * len * len];
+                    let pd = sized(&mut dropped, len * len);
+                    pd.iter_mut()
+                        .zip(p.iter().zip(keep))
+                        .for_each(|(o, (&p, &m))| *o = p * m);
+                    pd
+                }
+                None => p,
+            };
+            product(
+                compute,
+                false,
+                false,
+                (len, d, len),
+                (p, len),
+                (&x.v[off..], ld),
+                (&mut ctx[off..], h),
+            );
         }
-        softmax_rows(p, len, &mut inv_sums, softmax_scale, train);
-        let p: &[f32] = match keep {
-            Some(keep) => {
-                let keep = &keep[head * len * len..(head + 1) * len * len];
-                let pd = sized(&mut dropped, len * len);
-                pd.iter_mut()
-                    .zip(p.iter().zip(keep))
-                    .for_each(|(o, (&p, &m))| *o = p * m);
-                pd
-            }
-            None => p,
-        };
-        product(
-            compute,
-            false,
-            false,
-            (len, d, len),
-            (p, len),
-            (&x.v[off..], ld),
-            (&mut ctx[off..], h),
-        );
         if !train {
             for (row, &inv) in ctx.chunks_mut(h).zip(&inv_sums) {
                 row[off..off + d].iter_mut().for_each(|v| *v *= inv);

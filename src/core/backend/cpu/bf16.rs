@@ -121,19 +121,47 @@ pub fn gemm_strided(
     if m == 0 || n == 0 {
         return;
     }
-    let covers = super::blas::view_fits;
     let (ar, ac) = if trans_a { (k, m) } else { (m, k) };
-    let (br, bc) = if trans_b { (n, k) } else { (k, n) };
     assert!(
-        covers(a.len(), ar, ac, lda),
+        super::blas::view_fits(a.len(), ar, ac, lda),
         "bf16 gemm: A is shorter than {ar} x {ac} (rows {lda} apart)"
     );
+    let lhs = if trans_a {
+        Lhs::Trans(a, lda)
+    } else {
+        Lhs::Rows(a, lda)
+    };
+    product(lhs, trans_b, (m, n, k), (b, ldb), (c, ldc), init);
+}
+
+/// The left operand of a product.
+#[derive(Clone, Copy)]
+enum Lhs<'a> {
+    /// op(a) = a, rows `lda` apart.
+    Rows(&'a [f32], usize),
+    /// op(a) = aᵀ, the stored rows `lda` apart.
+    Trans(&'a [f32], usize),
+    /// Already packed: each row's bf16 pairs, `k.div_ceil(2)` words per row.
+    Pairs(&'a [u32]),
+}
+
+/// The part of [`gemm_strided`] and [`gemm_pairs`] after A is checked (C not empty): checks B,
+/// C and the bias, then runs the product.
+fn product(
+    lhs: Lhs,
+    trans_b: bool,
+    (m, n, k): (usize, usize, usize),
+    (b, ldb): (&[f32], usize),
+    (c, ldc): (&mut [f32], usize),
+    init: Init,
+) {
+    let (br, bc) = if trans_b { (n, k) } else { (k, n) };
     assert!(
-        covers(b.len(), br, bc, ldb),
+        super::blas::view_fits(b.len(), br, bc, ldb),
         "bf16 gemm: B is shorter than {br} x {bc} (rows {ldb} apart)"
     );
     assert!(
-        covers(c.len(), m, n, ldc),
+        super::blas::view_fits(c.len(), m, n, ldc),
         "bf16 gemm: C is shorter than {m} x {n} (rows {ldc} apart)"
     );
     if let Init::Bias(bias) = init {
@@ -150,20 +178,12 @@ pub fn gemm_strided(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    x86::gemm(
-        if trans_a {
-            x86::Lhs::Trans(a, lda)
-        } else {
-            x86::Lhs::Rows(a, lda)
-        },
-        trans_b,
-        (m, n, k),
-        (b, ldb),
-        (c, ldc),
-        init,
-    );
+    x86::gemm(lhs, trans_b, (m, n, k), (b, ldb), (c, ldc), init);
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("available() is false off x86_64");
+    {
+        let _ = lhs;
+        unreachable!("available() is false off x86_64");
+    }
 }
 
 /// [`gemm_strided`] with A (`m x k`, not transposed) given already as rows of bf16 pairs,
@@ -192,28 +212,7 @@ pub fn gemm_pairs(
         m.checked_mul(kh).is_some_and(|words| words <= pa.len()),
         "bf16 gemm: A is shorter than {m} rows of {kh} pairs"
     );
-    assert!(
-        super::blas::view_fits(b.len(), k, n, ldb),
-        "bf16 gemm: B is shorter than {k} x {n} (rows {ldb} apart)"
-    );
-    assert!(
-        super::blas::view_fits(c.len(), m, n, ldc),
-        "bf16 gemm: C is shorter than {m} x {n} (rows {ldc} apart)"
-    );
-    if let Init::Bias(bias) = init {
-        assert!(bias.len() >= n, "bf16 gemm: bias is shorter than {n}");
-    }
-    #[cfg(target_arch = "x86_64")]
-    x86::gemm(
-        x86::Lhs::Pairs(pa),
-        false,
-        (m, n, k),
-        (b, ldb),
-        (c, ldc),
-        init,
-    );
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("available() is false off x86_64");
+    product(Lhs::Pairs(pa), false, (m, n, k), (b, ldb), (c, ldc), init);
 }
 
 /// A softmax whose probabilities go straight into a bf16 product: for each row (of `len`) of
@@ -260,19 +259,8 @@ mod x86 {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// The left operand of a product.
-    #[derive(Clone, Copy)]
-    pub(super) enum Lhs<'a> {
-        /// op(a) = a, rows `lda` apart.
-        Rows(&'a [f32], usize),
-        /// op(a) = aᵀ, the stored rows `lda` apart.
-        Trans(&'a [f32], usize),
-        /// Already packed: each row's bf16 pairs, `k.div_ceil(2)` words per row.
-        Pairs(&'a [u32]),
-    }
-
-    /// The checked arguments of [`super::gemm_strided`] and [`super::gemm_pairs`]: A, the
-    /// sizes, B and C with their leading dimensions.
+    /// The checked arguments of [`super::product`]: A, the sizes, B and C with their leading
+    /// dimensions.
     pub(super) fn gemm(
         lhs: Lhs,
         trans_b: bool,
